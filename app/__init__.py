@@ -1,0 +1,3 @@
+"""roost: run open LLMs on your own machine."""
+
+__version__ = "0.1.0"

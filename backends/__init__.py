@@ -1,0 +1,19 @@
+"""Engines: everything that generates text, behind the one interface in base.py."""
+
+from __future__ import annotations
+
+from roost.backends.base import Engine, Plan
+from roost.errors import UsageError
+
+ENGINES = ("llama",)
+
+
+def load(model_path: str, plan: Plan = Plan(), engine: str = "llama") -> Engine:
+    """Load a model into an engine. Engines import their library only here, when used."""
+    if engine == "llama":
+        try:
+            from roost.backends.llama_cpp import LlamaCppEngine
+        except ImportError as e:
+            raise UsageError(f"llama.cpp is not available ({e}); install it with: pip install llama-cpp-python") from None
+        return LlamaCppEngine(model_path, plan)
+    raise UsageError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")

@@ -1,0 +1,154 @@
+"""The one interface every text generator in roost speaks.
+
+The CLI, the TUI and the server see only what is in this module: an `Engine` that
+streams `Token` events and then exactly one `Done` carrying `Stats`. Timing is taken
+inside the engine, at the token, so no view ever times anything itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Literal, Protocol, Sequence, TypedDict, Union
+
+
+class Message(TypedDict):
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+StopReason = Literal["stop", "length", "context", "cancelled"]
+# stop: the model ended its turn (end-of-generation token or a stop string)
+# length: max_tokens reached
+# context: the context window is full
+# cancelled: the caller asked to stop
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to load a model; fit.py decides these numbers, the user may override."""
+
+    n_ctx: int = 4096
+    n_gpu_layers: int = 0  # -1: all layers
+    n_threads: int | None = None  # None: the engine's default
+    n_batch: int = 512
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sampling for one answer. temperature 0 means greedy."""
+
+    max_tokens: int | None = None  # None: until the model stops or the context is full
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stats:
+    prompt_tokens: int  # tokens in the rendered prompt
+    cached_tokens: int  # of those, reused from the KV cache (not prefilled again)
+    generated_tokens: int
+    prefill_s: float  # evaluating the prompt, up to the first token sampled
+    decode_s: float  # from the first token to the last
+    ttft_s: float  # from the call (template, tokenizing, prefill) to the first token
+    stop_reason: StopReason
+    n_ctx: int
+    peak_rss_bytes: int
+
+    @property
+    def prefilled_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prefilled_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        # The first token comes out of prefill; decode speed counts the ones after it.
+        n = self.generated_tokens - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+    @property
+    def context_tokens(self) -> int:
+        return self.prompt_tokens + self.generated_tokens
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(
+            prefilled_tokens=self.prefilled_tokens,
+            prefill_tps=round(self.prefill_tps, 2),
+            decode_tps=round(self.decode_tps, 2),
+            context_tokens=self.context_tokens,
+        )
+        return d
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    text: str  # the whole answer, as the caller should record it
+    stats: Stats
+
+
+Event = Union[Token, Done]
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    rss_bytes: int  # this process, now
+    peak_rss_bytes: int  # this process, high-water mark
+    device_used_bytes: int | None = None  # GPU memory the engine holds, where known
+    buffers: dict[str, int] = field(default_factory=dict)  # engine-reported, e.g. {"model": …, "kv": …}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    engine: str  # "llama.cpp", "mlx", "remote"
+    version: str
+    device: str  # what runs the model: "CPU", "CUDA", "Metal", …
+    gpu_offload: bool  # whether this build can put layers on a GPU at all
+    model: str
+    n_ctx: int
+    n_ctx_train: int | None = None
+    n_gpu_layers: int = 0
+    n_threads: int | None = None
+    chat_template: str = "model"  # "model": the file's own; otherwise which fallback
+    build: str = ""  # the engine's own build summary
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Cancel(threading.Event):
+    """Set it (from any thread) to stop a stream within one token."""
+
+
+class Engine(Protocol):
+    def stream(
+        self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None
+    ) -> Iterator[Event]:
+        """Yield Token events as they are produced, then one Done.
+
+        After a cancel the stream still ends with Done(stop_reason="cancelled") holding
+        the partial text, and the engine stays usable for the next call.
+        """
+        ...
+
+    def memory(self) -> MemoryReading: ...
+
+    def info(self) -> EngineInfo: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,362 @@
+"""llama.cpp through llama-cpp-python: a thin adapter from `Llama` to roost's Engine.
+
+Only loading, the token loop and the readings live here. The prompt is rendered by
+roost.chat_template (sandboxed), and the loop is roost's own rather than
+`Llama.create_chat_completion`, so that timing is taken at each token, a cancel is
+seen between prefill batches and between tokens, and the KV cache is reused for
+exactly the prefix this turn shares with what was evaluated before.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import re
+import time
+from collections import deque
+from typing import Iterator, Sequence
+
+import llama_cpp
+
+from roost import chat_template, hardware, memory
+from roost.backends.base import (
+    Cancel,
+    Done,
+    EngineInfo,
+    Event,
+    MemoryReading,
+    Message,
+    Params,
+    Plan,
+    Stats,
+    Token,
+)
+from roost.errors import ContextOverflow, ModelFileError
+
+
+# enum ggml_log_level (ggml.h); llama-cpp-python does not export it.
+_LEVEL_DEBUG, _LEVEL_INFO, _LEVEL_WARN, _LEVEL_ERROR, _LEVEL_CONT = 1, 2, 3, 4, 5
+
+
+class _Log:
+    """llama.cpp's log, kept instead of printed: the errors explain failed loads, and
+    the buffer-size lines are the engine's own account of the memory it allocated."""
+
+    def __init__(self) -> None:
+        self.lines: deque[tuple[int, str]] = deque(maxlen=1000)
+        self._partial = ""
+        self._level = _LEVEL_INFO
+        self._callback = llama_cpp.llama_log_callback(self._receive)  # kept alive here
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _receive(self, level: int, text: bytes, _user_data) -> None:
+        if level != _LEVEL_CONT:
+            self._level = level
+        if self._level == _LEVEL_DEBUG:
+            return  # per-tensor chatter, thousands of lines a load
+        self._partial += text.decode("utf-8", errors="replace")
+        *complete, self._partial = self._partial.split("\n")
+        self.lines.extend((self._level, line) for line in complete if line.strip())
+
+    def mark(self) -> int:
+        self.lines.clear()
+        return 0
+
+    def errors(self) -> list[str]:
+        return [line for level, line in self.lines if level == _LEVEL_ERROR]
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+
+_LOG = _Log()
+
+# "load_tensors:   CPU_Mapped model buffer size =    98.03 MiB"
+# "llama_kv_cache:        CPU KV buffer size =    48.00 MiB"
+# "llama_context:        CPU compute buffer size =    66.50 MiB"
+_BUFFER = re.compile(r"\b(\S+)\s+(model|KV|compute|output|RS) buffer size\s*=\s*([\d.]+) MiB")
+
+
+def parse_buffers(log_text: str) -> tuple[dict[str, int], int]:
+    """llama.cpp's reported buffers: bytes by kind ({"model": …, "kv": …, "compute": …})
+    and the bytes of those that sit on a device other than the CPU."""
+    by_kind: dict[str, int] = {}
+    on_device = 0
+    for device, kind, mib in _BUFFER.findall(log_text):
+        size = int(float(mib) * 1024 * 1024)
+        by_kind[kind.lower()] = by_kind.get(kind.lower(), 0) + size
+        if not device.upper().startswith("CPU"):
+            on_device += size
+    return by_kind, on_device
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise ModelFileError(f"no such model file: {path}")
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path} is a directory, not a .gguf file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelFileError(f"cannot read {path}: {e.strerror}") from None
+    if magic != b"GGUF":
+        raise ModelFileError(f"{path} is not a GGUF model file (it does not start with the GGUF magic bytes)")
+
+
+def build_info() -> tuple[bool, str, str]:
+    """(can offload to a GPU, device name, llama.cpp's system info line)."""
+    system = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+    offload = bool(llama_cpp.llama_supports_gpu_offload())
+    device = "CPU"
+    for name in ("CUDA", "Metal", "Vulkan", "ROCm", "HIP", "SYCL"):
+        if re.search(rf"\b{name}\b", system):
+            device = name
+            break
+    return offload, device, system
+
+
+class LlamaCppEngine:
+    name = "llama.cpp"
+
+    def __init__(self, model_path: str, plan: Plan = Plan()):
+        _check_file(model_path)
+        self.model_path = model_path
+        self.plan = plan
+        _LOG.mark()
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=model_path,
+                n_ctx=plan.n_ctx,
+                n_batch=plan.n_batch,
+                n_gpu_layers=plan.n_gpu_layers,
+                n_threads=plan.n_threads or hardware.default_threads(),
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise ModelFileError(self._load_failure(e)) from None
+        self._buffers, self._device_bytes = parse_buffers(_LOG.text())
+        meta = self._llm.metadata
+        template = meta.get("tokenizer.chat_template")
+        self._template = template or chat_template.CHATML
+        self._template_origin = "model" if template else "fallback: ChatML (the file has none)"
+        model = self._llm._model
+        self._vocab = model.vocab
+        self._bos_id = model.token_bos()
+        self._add_bos = model.add_bos_token() and self._bos_id != -1
+        self._bos_text = model.token_get_text(self._bos_id) if self._bos_id != -1 else ""
+        eos_id = model.token_eos()
+        self._eos_text = model.token_get_text(eos_id) if eos_id != -1 else ""
+        self._n_ctx_train = model.n_ctx_train()
+        # llama.cpp pads the context to a multiple of 256, but Llama's token arrays hold
+        # only what was asked for: that is the usable window.
+        self._n_ctx = min(self._llm.n_ctx(), plan.n_ctx)
+        self._offload, self._device, self._system = build_info()
+
+    def _load_failure(self, error: Exception) -> str:
+        reasons = [line.split(": ", 1)[-1] for line in _LOG.errors() if "failed to load model" not in line]
+        detail = reasons[0].removeprefix("error loading model: ") if reasons else str(error)
+        if "not within the file bounds" in detail or "failed to read" in detail:
+            detail = detail.removesuffix(", model is corrupted or incomplete")
+            return f"{self.model_path} is truncated or corrupt ({detail}); download it again"
+        return f"llama.cpp could not load {self.model_path}: {detail}"
+
+    # -- the prompt -----------------------------------------------------------
+
+    def tokenize_chat(self, messages: Sequence[Message]) -> list[int]:
+        prompt = chat_template.render(
+            self._template, messages, bos_token=self._bos_text, eos_token=self._eos_text
+        )
+        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        # Templates differ on whether they write the BOS token themselves: add it only
+        # where the vocabulary wants one and the template left it out.
+        if self._add_bos and (not tokens or tokens[0] != self._bos_id):
+            tokens.insert(0, self._bos_id)
+        return tokens
+
+    # -- generation -----------------------------------------------------------
+
+    def stream(
+        self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None
+    ) -> Iterator[Event]:
+        cancel = cancel or Cancel()
+        llm = self._llm
+        clock = _Clock()
+        n_ctx = self._n_ctx
+        prompt = self.tokenize_chat(messages)
+        if len(prompt) >= n_ctx:
+            raise ContextOverflow(
+                f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}; "
+                f"shorten it or raise --ctx (this model was trained on up to {self._n_ctx_train})"
+            )
+
+        cached = self._reuse_prefix(prompt)
+        clock.prefill_started()
+        for i in range(cached, len(prompt), self.plan.n_batch):
+            if cancel.is_set():
+                yield self._done("", prompt, cached, 0, clock, "cancelled")
+                return
+            llm.eval(prompt[i : i + self.plan.n_batch])
+
+        llm.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed)
+        sampler = llm._init_sampler(
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            temp=params.temperature,
+            repeat_penalty=params.repeat_penalty,
+        )
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = _StopMatcher(params.stop)
+        text: list[str] = []
+        generated = 0
+        while True:
+            if params.max_tokens is not None and generated >= params.max_tokens:
+                reason = "length"
+                break
+            if llm.n_tokens >= n_ctx:
+                reason = "context"
+                break
+            if cancel.is_set():
+                reason = "cancelled"
+                break
+            token = sampler.sample(llm._ctx, -1)
+            clock.token()
+            generated += 1
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                reason = "stop"
+                break
+            piece, stopped = stops.feed(decoder.decode(llm.detokenize([token])))
+            if piece:
+                text.append(piece)
+                yield Token(piece)
+            if stopped:
+                reason = "stop"
+                break
+            # Evaluated only when another token is wanted, so the KV cache always holds
+            # exactly the tokens of input_ids[:n_tokens].
+            if params.max_tokens is None or generated < params.max_tokens:
+                llm.eval([token])
+        if reason != "stop":
+            tail = stops.flush() + decoder.decode(b"", final=True)
+            if tail:
+                text.append(tail)
+                yield Token(tail)
+        yield self._done("".join(text), prompt, cached, generated, clock, reason)
+
+    def _reuse_prefix(self, prompt: list[int]) -> int:
+        """Keep the KV cache for the longest prefix shared with what is evaluated now."""
+        llm = self._llm
+        held = llm.input_ids[: llm.n_tokens].tolist()
+        shared = 0
+        for a, b in zip(held, prompt):
+            if a != b:
+                break
+            shared += 1
+        # The last prompt token is always evaluated again: sampling needs its logits.
+        shared = min(shared, len(prompt) - 1)
+        if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+            llm.n_tokens = shared
+            return shared
+        llm.reset()  # recurrent models cannot drop a suffix of their state
+        return 0
+
+    def _done(self, text: str, prompt: list[int], cached: int, generated: int, clock: "_Clock", reason) -> Done:
+        return Done(
+            text=text,
+            stats=Stats(
+                prompt_tokens=len(prompt),
+                cached_tokens=cached,
+                generated_tokens=generated,
+                stop_reason=reason,
+                n_ctx=self._n_ctx,
+                peak_rss_bytes=memory.peak_rss_bytes(),
+                **clock.durations(),
+            ),
+        )
+
+    # -- readings -------------------------------------------------------------
+
+    def memory(self) -> MemoryReading:
+        return MemoryReading(
+            rss_bytes=memory.rss_bytes(),
+            peak_rss_bytes=memory.peak_rss_bytes(),
+            device_used_bytes=self._device_bytes if self._offload else None,
+            buffers=dict(self._buffers),
+        )
+
+    def info(self) -> EngineInfo:
+        on_gpu = self._offload and self.plan.n_gpu_layers != 0
+        return EngineInfo(
+            engine=self.name,
+            version=llama_cpp.__version__,
+            device=self._device if on_gpu else "CPU",
+            gpu_offload=self._offload,
+            model=self.model_path,
+            n_ctx=self._n_ctx,
+            n_ctx_train=self._n_ctx_train,
+            n_gpu_layers=self.plan.n_gpu_layers if self._offload else 0,
+            n_threads=self._llm.n_threads,
+            chat_template=self._template_origin,
+            build=self._system,
+        )
+
+    def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
+
+
+class _Clock:
+    """The moments that make the stats, all taken at the token."""
+
+    def __init__(self) -> None:
+        self.called = self.prefill_start = time.perf_counter()
+        self.first = self.last = None
+
+    def prefill_started(self) -> None:
+        self.prefill_start = time.perf_counter()
+
+    def token(self) -> None:
+        self.last = time.perf_counter()
+        self.first = self.first or self.last
+
+    def durations(self) -> dict[str, float]:
+        # A token's logits are only certain to be computed once it has been sampled
+        # (GPU backends decode asynchronously), so prefill ends at the first sample.
+        first = self.first or time.perf_counter()
+        return dict(
+            prefill_s=first - self.prefill_start,
+            decode_s=(self.last or first) - first,
+            ttft_s=first - self.called,
+        )
+
+
+class _StopMatcher:
+    """Holds back text that may be the start of a stop string, so none is ever shown."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        if not self.stops:
+            return piece, False
+        self.pending += piece
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        keep = max(
+            (k for s in self.stops for k in range(min(len(s) - 1, len(self.pending)), 0, -1)
+             if self.pending.endswith(s[:k])),
+            default=0,
+        )
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out

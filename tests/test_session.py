@@ -1,0 +1,38 @@
+"""A Session records a conversation as the views showed it."""
+
+import pytest
+
+from roost.backends.base import Cancel, Done, Params, Token
+from roost.errors import ContextOverflow
+from roost.session import Session
+
+
+def test_turns_are_recorded_and_the_cache_carries_over(engine):
+    session = Session(engine, Params(temperature=0, max_tokens=40), system="Answer briefly.")
+    first = [e for e in session.send("What is the capital of Japan?")]
+    assert isinstance(first[-1], Done) and "Tokyo" in first[-1].text
+    list(session.send("And of Italy?"))
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert session.messages[2]["content"] == first[-1].text
+    assert session.stats[1].cached_tokens > session.stats[0].prompt_tokens
+
+
+def test_cancelled_answer_is_kept_as_far_as_it_got(engine):
+    session = Session(engine, Params(temperature=0, max_tokens=200))
+    cancel = Cancel()
+    shown = ""
+    for event in session.send("Write a long story about a dragon.", cancel):
+        if isinstance(event, Token):
+            shown += event.text
+            cancel.set()
+    assert session.stats[-1].stop_reason == "cancelled"
+    assert session.messages[-1] == {"role": "assistant", "content": shown}
+
+
+def test_failed_question_is_not_left_unanswered(make_engine):
+    session = Session(make_engine(n_ctx=64), Params(max_tokens=5))
+    with pytest.raises(ContextOverflow):
+        list(session.send("word " * 100))
+    assert session.messages == []
+    list(session.send("Hi"))
+    assert [m["role"] for m in session.messages] == ["user", "assistant"]

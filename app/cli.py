@@ -10,11 +10,13 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import replace
 
 from roost import __version__
 from roost.errors import RoostError, UsageError
 
 EXIT_INTERRUPTED = 130
+DEFAULT_CTX = 4096  # memory for the whole context is taken up front: not the model's maximum
 
 
 def _positive_int(text: str) -> int:
@@ -59,12 +61,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--max-tokens", type=_positive_int, help="stop after this many tokens (default: until the model stops)")
     run.add_argument("-t", "--temperature", type=_non_negative_float, default=0.8, help="0 for greedy (default: 0.8)")
     run.add_argument("--seed", type=int, help="sampling seed, for repeatable answers")
-    run.add_argument("-c", "--ctx", type=_positive_int, default=4096, help="context window in tokens (default: 4096)")
+    run.add_argument("-c", "--ctx", type=_positive_int, help=f"context window in tokens (default: {DEFAULT_CTX}, or less if the model allows less)")
     run.add_argument("--threads", type=_positive_int, help="CPU threads (default: one per physical core)")
-    run.add_argument("--gpu-layers", type=int, default=0, help="layers to put on the GPU, -1 for all (default: 0)")
+    run.add_argument("--gpu-layers", type=int, help="layers to put on the GPU, -1 for all (default: as many as fit)")
     run.add_argument("--stats", action="store_true", help="print speed, time to first token and memory to stderr")
     run.add_argument("--json", action="store_true", help="print one JSON object with the text and all stats")
     run.set_defaults(handler=cmd_run)
+
+    fit = commands.add_parser(
+        "fit",
+        help="what fits on this machine, and how fast it can run",
+        description="For each model file: memory needed at the context, whether it fits on the GPU "
+        "(fully, partly, not), the decode ceiling, and the pick with its reason.",
+    )
+    fit.add_argument("models", metavar="MODEL", nargs="+", help="one or more quants of one model: .gguf files or catalog names")
+    fit.add_argument("-c", "--ctx", type=_positive_int, help=f"context in tokens (default: {DEFAULT_CTX}, or the model's limit)")
+    where = fit.add_mutually_exclusive_group()
+    where.add_argument("--gpu", action="store_true", help="plan for the GPU; an error if there is none")
+    where.add_argument("--cpu", action="store_true", help="plan for the CPU alone")
+    fit.add_argument("--json", action="store_true", help="print the plan as JSON")
+    fit.set_defaults(handler=cmd_fit)
+
+    doctor = commands.add_parser("doctor", help="check this machine and roost's engines", description="The machine, the engines that can run here, and fixes for common mismatches.")
+    doctor.add_argument("--measure", action="store_true", help="measure CPU memory bandwidth (a few seconds) and keep it for speed predictions")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(handler=cmd_doctor)
     return parser
 
 
@@ -101,17 +122,33 @@ def _read_prompt(argument: str) -> str:
     return prompt
 
 
+def _context(requested: int | None, info) -> int:
+    limit = info.n_ctx_train or requested or DEFAULT_CTX
+    if requested is None:
+        return min(DEFAULT_CTX, limit)
+    if requested > limit:
+        raise UsageError(f"--ctx {requested} is more than {info.name} allows: at most {limit} tokens")
+    return requested
+
+
 def cmd_run(args) -> int:
     import time
 
-    from roost import catalog
+    from roost import catalog, fit, gguf_info, hardware, report
     from roost.backends import load
-    from roost.backends.base import Cancel, Done, Params, Plan
+    from roost.backends.base import Cancel, Done, Params
     from roost.session import Session
 
     prompt = _read_prompt(args.prompt)
     path = catalog.resolve(args.model)
-    plan = Plan(n_ctx=args.ctx, n_gpu_layers=args.gpu_layers, n_threads=args.threads)
+    info = gguf_info.read(path)
+    n_ctx = _context(args.ctx, info)
+    offload = _llama_can_offload()
+    if args.gpu_layers and not offload:
+        raise UsageError("--gpu-layers needs a GPU build of llama-cpp-python, and this one is CPU only (see: roost doctor)")
+    plan, _ = fit.plan_file(info, n_ctx, hardware.detect(), offload, args.gpu_layers)
+    if args.threads:
+        plan = replace(plan, n_threads=args.threads)
     loading = time.perf_counter()
     engine = load(path, plan)
     load_s = time.perf_counter() - loading
@@ -142,22 +179,59 @@ def cmd_run(args) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
     if args.stats:
-        print(stats_line(done.stats), file=sys.stderr)
+        print(report.stats_line(done.stats), file=sys.stderr)
     engine.close()
     return EXIT_INTERRUPTED if done.stats.stop_reason == "cancelled" else 0
 
 
-def stats_line(stats) -> str:
-    mib = stats.peak_rss_bytes / 2**20
-    line = (
-        f"prompt {stats.prompt_tokens} tok ({stats.cached_tokens} cached) at {stats.prefill_tps:.1f} tok/s"
-        f" · generated {stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s"
-        f" · TTFT {stats.ttft_s:.3f} s · peak memory {mib:.0f} MiB"
-        f" · context {stats.context_tokens}/{stats.n_ctx}"
-    )
-    if stats.stop_reason != "stop":
-        line += f" · stopped: {stats.stop_reason}"
-    return line
+def _llama_can_offload() -> bool:
+    from roost.backends.llama_cpp import build_info
+
+    return build_info()[0]
+
+
+def cmd_fit(args) -> int:
+    from roost import catalog, fit, gguf_info, hardware, report
+
+    infos = [gguf_info.read(catalog.resolve(m)) for m in args.models]
+    shape = fit.Shape.from_gguf(infos[0])
+    for other in infos[1:]:
+        if (other.architecture, other.n_layer, other.n_embd) != (infos[0].architecture, shape.n_layer, shape.n_embd):
+            raise UsageError(f"{other.path} is a different model from {infos[0].path}: give quants of one model")
+    n_ctx = _context(args.ctx, infos[0])
+    machine = hardware.detect()
+    if args.gpu and not (machine.gpus or machine.apple):
+        why = "; ".join(machine.notes) or "none was found"
+        raise UsageError(f"--gpu asked for, but this machine has no usable GPU ({why})")
+    quants = [fit.Quant.from_gguf(i, shape) for i in infos]
+    ranking = fit.rank(shape, quants, n_ctx, machine, use_gpu=not args.cpu)
+    if args.json:
+        b = ranking.budget
+        print(json.dumps({
+            "model": infos[0].name,
+            "n_ctx": n_ctx,
+            "budget": {"device": b.device, "device_name": b.device_name, "gpu_bytes": b.gpu_bytes,
+                       "host_bytes": b.host_bytes, "margin": b.margin_note},
+            "options": [o.as_dict() for o in ranking.options],
+            "pick": ranking.pick.quant.name if ranking.pick else None,
+            "reason": ranking.reason,
+        }, indent=2))
+    else:
+        print(report.ranking(infos[0].name, shape, ranking))
+    return 0 if ranking.pick else 1
+
+
+def cmd_doctor(args) -> int:
+    from roost import bandwidth, doctor, hardware, report
+
+    if args.measure:
+        gbs = bandwidth.measure(hardware.default_threads())
+        where = bandwidth.save_measured(gbs)
+        print(f"measured CPU memory bandwidth: {gbs:.1f} GB/s (kept in {where})", file=sys.stderr)
+    machine = hardware.detect()
+    data = doctor.report(machine)
+    print(json.dumps(data, indent=2) if args.json else report.doctor(data, machine))
+    return 0
 
 
 class _first_interrupt_cancels:

@@ -21,3 +21,7 @@ class ContextOverflow(RoostError):
 
 class TemplateError(RoostError):
     """The model's chat template is broken or tried something the sandbox forbids."""
+
+
+class ModelTooBig(RoostError):
+    """The model would not fit in memory: refused before loading."""

@@ -1,8 +1,299 @@
-"""What this machine has."""
+"""What this machine has: CPU, memory, GPUs, and how fast each can read memory.
+
+Every question to the OS or a vendor library goes through `Probe`, the one seam. Tests,
+and anyone reproducing a report, replace it with `RecordedProbe`: the same readings from
+a JSON file (set ROOST_MACHINE=file.json), so a CPU-only box can present an RTX 4090
+or an 8 GB M1 to every command.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+
+GiB = 1024**3
+
+# Peak memory bandwidth, GB/s, from the makers' spec sheets (apple.com/mac/compare and
+# Apple's chip press releases; nvidia.com product pages and datasheets). Decode speed is
+# bounded by it. A name matches the longest key it contains.
+BANDWIDTH_GBS = {
+    # Apple Silicon (unified memory)
+    "Apple M1": 68.25, "Apple M1 Pro": 200, "Apple M1 Max": 400, "Apple M1 Ultra": 800,
+    "Apple M2": 100, "Apple M2 Pro": 200, "Apple M2 Max": 400, "Apple M2 Ultra": 800,
+    "Apple M3": 100, "Apple M3 Pro": 150,
+    "Apple M3 Max": 300,  # 300 with the 30-core GPU, 400 with the 40-core: the lower bound
+    "Apple M3 Ultra": 819,
+    "Apple M4": 120, "Apple M4 Pro": 273,
+    "Apple M4 Max": 410,  # 410 (32-core GPU) or 546 (40-core): the lower bound
+    # NVIDIA GeForce
+    "RTX 3060": 360, "RTX 3060 Ti": 448, "RTX 3070": 448, "RTX 3070 Ti": 608,
+    "RTX 3080": 760, "RTX 3080 Ti": 912, "RTX 3090": 936, "RTX 3090 Ti": 1008,
+    "RTX 4060": 272, "RTX 4060 Ti": 288, "RTX 4070": 504, "RTX 4070 SUPER": 504,
+    "RTX 4070 Ti": 504, "RTX 4070 Ti SUPER": 672, "RTX 4080": 717, "RTX 4080 SUPER": 736,
+    "RTX 4090": 1008, "RTX 5060 Ti": 448, "RTX 5070": 672, "RTX 5070 Ti": 896,
+    "RTX 5080": 960, "RTX 5090": 1792,
+    # NVIDIA workstation and data centre
+    "RTX A6000": 768, "RTX 6000 Ada": 960, "L4": 300, "L40S": 864, "T4": 320, "V100": 900,
+    "A10": 600, "A100-PCIE-40GB": 1555, "A100-SXM4-40GB": 1555, "A100 80GB PCIe": 1935,
+    "A100-SXM4-80GB": 2039, "H100 PCIe": 2000, "H100 80GB HBM3": 3350, "H100 NVL": 3900,
+    "H200": 4800, "GH200": 4000,
+}
+
+# macOS lets Metal keep about this share of unified memory resident when MLX cannot be
+# asked (recommendedMaxWorkingSetSize as reported on Apple Silicon Macs: two thirds of
+# RAM up to 36 GB, three quarters above).
+def metal_share(total_bytes: int) -> float:
+    return 0.75 if total_bytes > 36 * GiB else 2 / 3
+
+
+def bandwidth_for(name: str) -> float | None:
+    hits = [key for key in BANDWIDTH_GBS if key.lower() in name.lower()]
+    # "Apple M1" must not claim an "Apple M1 Max": the longest match is the right one.
+    return BANDWIDTH_GBS[max(hits, key=len)] if hits else None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+    bandwidth_gbs: float | None
+    driver: str | None = None
+    cuda: str | None = None
+    compute_capability: str | None = None
+    utilization_pct: int | None = None
+    power_w: float | None = None
+    temperature_c: int | None = None
+
+
+@dataclass(frozen=True)
+class AppleSilicon:
+    chip: str
+    unified_bytes: int
+    working_set_bytes: int  # what Metal may keep resident
+    working_set_source: str  # "mlx", "wired limit sysctl", or "estimate"
+    bandwidth_gbs: float | None
+
+
+@dataclass(frozen=True)
+class Machine:
+    os: str
+    arch: str
+    cpu_model: str
+    physical_cores: int
+    logical_cores: int
+    cpu_features: tuple[str, ...]
+    ram_total_bytes: int
+    ram_available_bytes: int
+    gpus: tuple[Gpu, ...] = ()
+    apple: AppleSilicon | None = None
+    cpu_bandwidth_gbs: float | None = None  # measured by `roost doctor --measure`
+    notes: tuple[str, ...] = field(default=())  # what could not be read, and why
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Probe:
+    """The live machine. Each method is one question to the OS or a vendor library."""
+
+    def platform(self) -> tuple[str, str]:
+        return sys.platform, platform.machine().lower()
+
+    def cpu(self) -> dict:
+        import psutil
+
+        model, flags = platform.processor() or "unknown CPU", set()
+        if sys.platform.startswith("linux"):
+            try:
+                with open("/proc/cpuinfo") as f:
+                    for line in f:
+                        key, _, value = line.partition(":")
+                        key = key.strip().lower()
+                        if key in ("model name", "hardware") and model in ("unknown CPU", platform.machine()):
+                            model = value.strip()
+                        elif key in ("flags", "features") and not flags:
+                            flags = set(value.split())
+            except OSError:
+                pass
+        elif sys.platform == "darwin":
+            model = self.sysctl("machdep.cpu.brand_string") or model
+        return {
+            "model": model,
+            "physical_cores": psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+            "logical_cores": psutil.cpu_count() or 1,
+            "flags": sorted(flags),
+        }
+
+    def ram(self) -> tuple[int, int]:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return vm.total, vm.available
+
+    def nvidia(self) -> list[dict] | str:
+        """One dict per NVIDIA GPU, or why there are none."""
+        try:
+            import pynvml
+        except ImportError:
+            return "nvidia-ml-py is not installed"
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as e:
+            return f"no NVIDIA driver ({e})"
+        try:
+            def ask(call, *args):
+                try:
+                    return call(*args)
+                except pynvml.NVMLError:
+                    return None
+
+            driver = ask(pynvml.nvmlSystemGetDriverVersion)
+            cuda = ask(pynvml.nvmlSystemGetCudaDriverVersion)
+            gpus = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+                cc = ask(pynvml.nvmlDeviceGetCudaComputeCapability, h)
+                util = ask(pynvml.nvmlDeviceGetUtilizationRates, h)
+                power = ask(pynvml.nvmlDeviceGetPowerUsage, h)
+                gpus.append({
+                    "name": _text(pynvml.nvmlDeviceGetName(h)),
+                    "total_bytes": int(mem.total),
+                    "free_bytes": int(mem.free),
+                    "driver": _text(driver) if driver else None,
+                    "cuda": f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None,
+                    "compute_capability": f"{cc[0]}.{cc[1]}" if cc else None,
+                    "utilization_pct": util.gpu if util else None,
+                    "power_w": power / 1000 if power is not None else None,
+                    "temperature_c": ask(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
+                })
+            return gpus
+        finally:
+            pynvml.nvmlShutdown()
+
+    def sysctl(self, name: str) -> str | None:
+        if sys.platform != "darwin":
+            return None
+        try:
+            out = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+    def metal_working_set(self) -> int | None:
+        """Metal's recommended working set, from MLX when it is installed."""
+        try:
+            import mlx.core as mx
+        except ImportError:
+            return None
+        info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+        size = info.get("max_recommended_working_set_size")
+        return int(size) if size else None
+
+    def measured_cpu_bandwidth(self) -> float | None:
+        from roost import bandwidth
+
+        return bandwidth.load_measured()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RecordedProbe(Probe):
+    """Readings from a dict (or a JSON file) instead of the machine: the test seam."""
+
+    def __init__(self, readings: dict):
+        self.readings = readings
+
+    @classmethod
+    def from_file(cls, path: str) -> "RecordedProbe":
+        try:
+            with open(path) as f:
+                return cls(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            from roost.errors import UsageError
+
+            raise UsageError(f"cannot read the machine description {path}: {e}") from None
+
+    def platform(self):
+        return tuple(self.readings["platform"])
+
+    def cpu(self):
+        return self.readings["cpu"]
+
+    def ram(self):
+        return tuple(self.readings["ram"])
+
+    def nvidia(self):
+        return self.readings.get("nvidia", "no NVIDIA driver (recorded machine)")
+
+    def sysctl(self, name):
+        return self.readings.get("sysctl", {}).get(name)
+
+    def metal_working_set(self):
+        return self.readings.get("metal_working_set")
+
+    def measured_cpu_bandwidth(self):
+        return self.readings.get("cpu_bandwidth_gbs")
+
+
+def detect(probe: Probe | None = None) -> Machine:
+    if probe is None:
+        recorded = os.environ.get("ROOST_MACHINE")
+        probe = RecordedProbe.from_file(recorded) if recorded else Probe()
+    os_name, arch = probe.platform()
+    cpu = probe.cpu()
+    total, available = probe.ram()
+    notes = []
+
+    gpus = ()
+    nvidia = probe.nvidia()
+    if isinstance(nvidia, str):
+        if os_name != "darwin":
+            notes.append(f"no NVIDIA GPU: {nvidia}")
+    else:
+        gpus = tuple(
+            Gpu(index=i, bandwidth_gbs=bandwidth_for(g["name"]), **g) for i, g in enumerate(nvidia)
+        )
+
+    apple = None
+    if os_name == "darwin" and arch == "arm64":
+        chip = probe.sysctl("machdep.cpu.brand_string") or cpu["model"]
+        unified = int(probe.sysctl("hw.memsize") or total)
+        wired_mb = int(probe.sysctl("iogpu.wired_limit_mb") or 0)
+        if wired_mb:
+            working_set, source = wired_mb * 1024**2, "wired limit sysctl (iogpu.wired_limit_mb)"
+        elif (metal := probe.metal_working_set()) is not None:
+            working_set, source = metal, "mlx"
+        else:
+            working_set, source = int(unified * metal_share(unified)), "estimate (MLX not installed)"
+        apple = AppleSilicon(chip, unified, working_set, source, bandwidth_for(chip))
+
+    flags = set(cpu.get("flags", ()))
+    features = [f.upper() for f in ("avx", "avx2", "avx512f", "fma", "f16c") if f in flags]
+    if arch in ("arm64", "aarch64"):
+        features.append("NEON")  # part of every 64-bit ARM core
+    return Machine(
+        os=os_name,
+        arch=arch,
+        cpu_model=cpu["model"],
+        physical_cores=cpu["physical_cores"],
+        logical_cores=cpu["logical_cores"],
+        cpu_features=tuple(features),
+        ram_total_bytes=total,
+        ram_available_bytes=available,
+        gpus=gpus,
+        apple=apple,
+        cpu_bandwidth_gbs=probe.measured_cpu_bandwidth(),
+        notes=tuple(notes),
+    )
 
 
 def default_threads() -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import os
 import re
 import time
 from collections import deque
@@ -19,7 +18,7 @@ from typing import Iterator, Sequence
 
 import llama_cpp
 
-from roost import chat_template, hardware, memory
+from roost import chat_template, gguf_info, hardware, memory
 from roost.backends.base import (
     Cancel,
     Done,
@@ -91,20 +90,6 @@ def parse_buffers(log_text: str) -> tuple[dict[str, int], int]:
     return by_kind, on_device
 
 
-def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise ModelFileError(f"no such model file: {path}")
-    if os.path.isdir(path):
-        raise ModelFileError(f"{path} is a directory, not a .gguf file")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise ModelFileError(f"cannot read {path}: {e.strerror}") from None
-    if magic != b"GGUF":
-        raise ModelFileError(f"{path} is not a GGUF model file (it does not start with the GGUF magic bytes)")
-
-
 def build_info() -> tuple[bool, str, str]:
     """(can offload to a GPU, device name, llama.cpp's system info line)."""
     system = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
@@ -121,7 +106,7 @@ class LlamaCppEngine:
     name = "llama.cpp"
 
     def __init__(self, model_path: str, plan: Plan = Plan()):
-        _check_file(model_path)
+        gguf_info.check_file(model_path)
         self.model_path = model_path
         self.plan = plan
         _LOG.mark()

@@ -1,0 +1,71 @@
+"""Measured CPU memory bandwidth: the ceiling's numerator where no table has the figure.
+
+`roost doctor --measure` runs the probe and keeps the result per CPU model, so `roost fit`
+can use it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+MiB = 1024**2
+
+
+def _store() -> str:
+    from platformdirs import user_cache_dir
+
+    return os.path.join(user_cache_dir("roost"), "bandwidth.json")
+
+
+def _cpu_key() -> str:
+    from roost.hardware import Probe
+
+    return Probe().cpu()["model"]
+
+
+def measure(threads: int, mib_per_thread: int = 128, rounds: int = 5) -> float:
+    """Read bandwidth in GB/s: each thread sums its own array, larger than any cache,
+    as decoding reads weights. numpy releases the GIL for the reduction."""
+    import numpy as np
+
+    arrays = [np.ones(mib_per_thread * MiB // 8) for _ in range(threads)]
+    best = 0.0
+    for _ in range(rounds):
+        workers = [threading.Thread(target=a.sum) for a in arrays]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        elapsed = time.perf_counter() - start
+        best = max(best, threads * mib_per_thread * MiB / elapsed / 1e9)
+    return best
+
+
+def save_measured(gbs: float) -> str:
+    path = _store()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            data = {}
+    data[_cpu_key()] = round(gbs, 2)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def load_measured() -> float | None:
+    try:
+        with open(_store()) as f:
+            return json.load(f).get(_cpu_key())
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None

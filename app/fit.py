@@ -1,0 +1,407 @@
+"""How much memory a model needs here, where its layers go, and how fast it can decode.
+
+Memory = weights + KV cache + compute buffers + runtime overhead, split between the GPU
+and host memory the way llama.cpp places them. The decode ceiling is physics: each token
+reads every active weight (and the KV cache) once, so
+tok/s <= bandwidth / bytes read per token.
+
+Every constant here was checked against llama.cpp's own buffer report on this project's
+CPU machines (bench/fit_accuracy.py); the GPU figures are llama.cpp's documented layout
+and are marked as not yet measured where they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from roost.hardware import GiB, Machine
+
+MiB = 1024**2
+KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+N_UBATCH = 512  # llama.cpp's default micro-batch: sizes the compute buffer
+# Host memory llama.cpp allocates beyond its reported buffers: thread pools, the
+# token and logit arrays of llama-cpp-python, allocator slack (measured on CPU).
+RUNTIME_OVERHEAD = 24 * MiB
+# A CUDA context with cuBLAS workspaces takes this much VRAM before any tensor
+# (300-500 MiB seen on consumer cards; not measured by roost yet).
+CUDA_CONTEXT = 400 * MiB
+# Reading speed: a decode rate below this feels slow, so a faster quant is preferred.
+USABLE_TPS = 10.0
+# Quality gains stop being measurable above 8-bit quants: Q8_0 and F16 rank equal,
+# and the smaller (faster) one wins.
+QUALITY_CAP_BPW = 8.5
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The architecture numbers that decide memory, whatever the quant."""
+
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: tuple[int, ...]  # per layer
+    head_dim_k: int
+    head_dim_v: int
+    n_vocab: int
+    n_ctx_train: int
+    n_params: int
+    tied_embeddings: bool = False
+    n_expert: int = 0
+    n_expert_used: int = 0
+
+    @classmethod
+    def from_gguf(cls, info) -> "Shape":
+        names = {t.name for t in info.tensors}
+        return cls(
+            n_layer=info.n_layer,
+            n_embd=info.n_embd,
+            n_ff=_scalar(info.metadata.get(f"{info.architecture}.feed_forward_length", 0)),
+            n_head=info.n_head,
+            n_head_kv=tuple(info.n_head_kv_per_layer),
+            head_dim_k=info.head_dim_k,
+            head_dim_v=info.head_dim_v,
+            n_vocab=info.n_vocab,
+            n_ctx_train=info.n_ctx_train,
+            n_params=info.n_params,
+            tied_embeddings="output.weight" not in names,
+            n_expert=info.n_expert,
+            n_expert_used=info.n_expert_used,
+        )
+
+    @property
+    def kv_elements_per_token(self) -> int:
+        return sum(h * (self.head_dim_k + self.head_dim_v) for h in self.n_head_kv)
+
+
+def _scalar(value) -> int:
+    return int(max(value) if isinstance(value, list) else value or 0)
+
+
+@dataclass(frozen=True)
+class Quant:
+    """One file of a model: how its bytes divide between the parts llama.cpp places."""
+
+    name: str
+    file_bytes: int
+    layer_bytes: tuple[int, ...]
+    embed_bytes: int  # token embedding: always in host memory
+    output_bytes: int  # output projection; for tied embeddings, the embedding again
+    expert_bytes: int = 0  # the share of layer_bytes held by MoE experts
+    path: str | None = None
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(self.layer_bytes) + self.embed_bytes + self.output_bytes
+
+    def bits_per_weight(self, shape: Shape) -> float:
+        return 8 * self.file_bytes / shape.n_params if shape.n_params else 0.0
+
+    @classmethod
+    def from_gguf(cls, info, shape: Shape) -> "Quant":
+        embed = sum(t.n_bytes for t in info.tensors if t.name == "token_embd.weight")
+        layers = tuple(info.layer_bytes)
+        rest = info.tensor_bytes - embed - sum(layers)  # output projection and final norm
+        return cls(
+            name=info.quant,
+            file_bytes=info.file_bytes,
+            layer_bytes=layers,
+            embed_bytes=embed,
+            output_bytes=embed if shape.tied_embeddings else rest,
+            expert_bytes=info.expert_bytes,
+            path=info.path,
+        )
+
+    @classmethod
+    def from_size(cls, shape: Shape, name: str, file_bytes: int, expert_share: float = 0.0) -> "Quant":
+        """A quant known only by its file size (a catalog entry): bytes divided by
+        parameter counts, at the file's average bits per weight."""
+        per_param = file_bytes / shape.n_params
+        embed = int(shape.n_vocab * shape.n_embd * per_param)
+        output = embed if not shape.tied_embeddings else 0
+        layers_total = file_bytes - embed - output
+        layer = layers_total // shape.n_layer
+        return cls(
+            name=name,
+            file_bytes=file_bytes,
+            layer_bytes=(layer,) * shape.n_layer,
+            embed_bytes=embed,
+            output_bytes=embed if shape.tied_embeddings else output,
+            expert_bytes=int(layers_total * expert_share),
+        )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int
+    kv: int
+    compute: int
+    overhead: int
+    gpu: int  # of the total, what sits in GPU memory
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.compute + self.overhead
+
+    @property
+    def host(self) -> int:
+        return self.total - self.gpu
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "total": self.total, "host": self.host}
+
+
+def kv_bytes(shape: Shape, n_ctx: int, kv_type: str = "f16", layers: range | None = None) -> int:
+    heads = shape.n_head_kv if layers is None else [shape.n_head_kv[i] for i in layers]
+    per_token = sum(h * (shape.head_dim_k + shape.head_dim_v) for h in heads)
+    return int(per_token * n_ctx * KV_BYTES_PER_ELEMENT[kv_type])
+
+
+def compute_bytes(shape: Shape, n_ctx: int) -> int:
+    """llama.cpp's compute buffer (flash attention off, as llama-cpp-python defaults):
+    the largest set of live tensors in the graph, either the logits of a micro-batch or
+    one layer's attention scores over the whole context."""
+    u = min(N_UBATCH, n_ctx)
+    logits = (shape.n_vocab + 2 * shape.n_embd) * u * 4
+    attention = (n_ctx * (shape.n_head + 1) + shape.n_ff) * u * 4
+    return max(logits, attention)
+
+
+def estimate(shape: Shape, quant: Quant, n_ctx: int, n_gpu_layers: int = 0, kv_type: str = "f16",
+             gpu_runtime: int = CUDA_CONTEXT) -> Estimate:
+    """Memory for one context of n_ctx tokens, with n_gpu_layers on the GPU in
+    llama.cpp's order: the last layers first, then (at n_layer + 1, or -1) the output."""
+    L = shape.n_layer
+    k = L + 1 if n_gpu_layers < 0 else min(n_gpu_layers, L + 1)
+    gpu_layers = range(L - min(k, L), L)
+    output_on_gpu = k > L
+    # Host keeps the embedding always; the output projection too unless offloaded (a tied
+    # one is then copied to the GPU, so the embedding stays behind as well).
+    gpu_weights = sum(quant.layer_bytes[i] for i in gpu_layers) + (quant.output_bytes if output_on_gpu else 0)
+    host_weights = quant.weight_bytes - gpu_weights
+    if shape.tied_embeddings and not output_on_gpu:
+        host_weights -= quant.output_bytes  # output reads the embedding in place
+    kv_gpu = kv_bytes(shape, n_ctx, kv_type, gpu_layers)
+    kv_all = kv_bytes(shape, n_ctx, kv_type)
+    compute = compute_bytes(shape, n_ctx)
+    if k == 0:
+        gpu, compute_total, overhead = 0, compute, RUNTIME_OVERHEAD
+    else:
+        # Both sides run part of the graph when layers are split; with the output on the
+        # GPU the host side only stages inputs.
+        host_compute = compute if not output_on_gpu else (shape.n_embd * 4) * min(N_UBATCH, n_ctx) * 4
+        compute_total = compute + host_compute
+        overhead = RUNTIME_OVERHEAD + gpu_runtime
+        gpu = gpu_weights + kv_gpu + compute + gpu_runtime
+    return Estimate(
+        weights=gpu_weights + host_weights,
+        kv=kv_all,
+        compute=compute_total,
+        overhead=overhead,
+        gpu=gpu,
+    )
+
+
+def bytes_per_token(shape: Shape, quant: Quant, ctx_used: int = 0, kv_type: str = "f16") -> tuple[list[int], int]:
+    """Bytes read to decode one token: (per layer, outside the layers). MoE layers read
+    only the experts a token is routed to."""
+    active = shape.n_expert_used / shape.n_expert if shape.n_expert else 1.0
+    share = quant.expert_bytes / sum(quant.layer_bytes) if quant.expert_bytes else 0.0
+    kv_per_layer = [int(h * (shape.head_dim_k + shape.head_dim_v) * ctx_used * KV_BYTES_PER_ELEMENT[kv_type])
+                    for h in shape.n_head_kv]
+    layers = [int(b * (1 - share) + b * share * active) + kv for b, kv in zip(quant.layer_bytes, kv_per_layer)]
+    return layers, quant.output_bytes
+
+
+# -- the machine's side -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Memory a model may use on this machine, after the margin left for other apps."""
+
+    device: str  # "CUDA", "Metal" or "CPU"
+    device_name: str
+    gpu_bytes: int  # 0 without a GPU; on unified memory, the one shared pool
+    host_bytes: int
+    gpu_bandwidth_gbs: float | None
+    host_bandwidth_gbs: float | None
+    unified: bool
+    margin_note: str
+    gpu_runtime: int = 0
+
+
+def budget(machine: Machine, use_gpu: bool = True) -> Budget:
+    ram_margin = max(int(0.10 * machine.ram_total_bytes), 1 * GiB)
+    host = max(machine.ram_available_bytes - ram_margin, 0)
+    cpu_name = f"{machine.cpu_model} ({machine.physical_cores} cores)"
+    if use_gpu and machine.apple is not None:
+        a = machine.apple
+        pool = max(min(a.working_set_bytes, machine.ram_available_bytes) - ram_margin, 0)
+        return Budget(
+            "Metal", a.chip, pool, pool, a.bandwidth_gbs, a.bandwidth_gbs, True,
+            f"{_gib(ram_margin)} of memory kept free for other apps; "
+            f"Metal may use {_gib(a.working_set_bytes)} ({a.working_set_source}), {_gib(machine.ram_available_bytes)} is free now",
+        )
+    if use_gpu and machine.gpus:
+        gpu = max(machine.gpus, key=lambda g: g.free_bytes)
+        vram_margin = max(int(0.05 * gpu.total_bytes), 512 * MiB)
+        return Budget(
+            "CUDA", gpu.name, max(gpu.free_bytes - vram_margin, 0), host, gpu.bandwidth_gbs,
+            machine.cpu_bandwidth_gbs, False,
+            f"{_gib(vram_margin)} of VRAM and {_gib(ram_margin)} of RAM kept free for other apps",
+            gpu_runtime=CUDA_CONTEXT,
+        )
+    return Budget(
+        "CPU", cpu_name, 0, host, None, machine.cpu_bandwidth_gbs, False,
+        f"{_gib(ram_margin)} of RAM kept free for other apps",
+    )
+
+
+def _gib(n: int) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class Option:
+    quant: Quant
+    fit: str  # "full": all on the fast memory; "partial": split GPU/CPU; "cpu"; "no"
+    n_gpu_layers: int
+    estimate: Estimate
+    ceiling_tps: float | None
+    bits_per_weight: float
+    why_not: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "quant": self.quant.name,
+            "file_bytes": self.quant.file_bytes,
+            "path": self.quant.path,
+            "bits_per_weight": round(self.bits_per_weight, 2),
+            "fit": self.fit,
+            "n_gpu_layers": self.n_gpu_layers,
+            "memory": self.estimate.as_dict(),
+            "ceiling_tps": round(self.ceiling_tps, 1) if self.ceiling_tps else None,
+            "why_not": self.why_not or None,
+        }
+
+
+def ceiling(shape: Shape, quant: Quant, b: Budget, n_gpu_layers: int, ctx_used: int = 0) -> float | None:
+    layers, output = bytes_per_token(shape, quant, ctx_used)
+    L = shape.n_layer
+    k = L + 1 if n_gpu_layers < 0 else min(n_gpu_layers, L + 1)
+    on_gpu = sum(layers[L - min(k, L):]) + (output if k > L else 0)
+    on_host = sum(layers) + output - on_gpu
+    seconds = 0.0
+    for nbytes, gbs in ((on_gpu, b.gpu_bandwidth_gbs), (on_host, b.host_bandwidth_gbs)):
+        if nbytes:
+            if not gbs:
+                return None
+            seconds += nbytes / (gbs * 1e9)
+    return 1 / seconds if seconds else None
+
+
+def option(shape: Shape, quant: Quant, n_ctx: int, b: Budget) -> Option:
+    bpw = quant.bits_per_weight(shape)
+
+    def make(fit, k, why=""):
+        est = estimate(shape, quant, n_ctx, k, gpu_runtime=b.gpu_runtime)
+        return Option(quant, fit, k, est, ceiling(shape, quant, b, k), bpw, why)
+
+    if b.unified or b.device == "CPU":
+        k = -1 if b.unified else 0
+        est = estimate(shape, quant, n_ctx, k, gpu_runtime=0)
+        if est.total <= (b.gpu_bytes if b.unified else b.host_bytes):
+            return make("full", k)
+        room = b.gpu_bytes if b.unified else b.host_bytes
+        return make("no", 0, f"needs {_gib(est.total)}, {_gib(room)} available")
+
+    full = estimate(shape, quant, n_ctx, -1, gpu_runtime=b.gpu_runtime)
+    if full.gpu <= b.gpu_bytes and full.host <= b.host_bytes:
+        return make("full", -1)
+    for k in range(shape.n_layer, 0, -1):
+        est = estimate(shape, quant, n_ctx, k, gpu_runtime=b.gpu_runtime)
+        if est.gpu <= b.gpu_bytes and est.host <= b.host_bytes:
+            return make("partial", k)
+    cpu = estimate(shape, quant, n_ctx, 0)
+    if cpu.total <= b.host_bytes:
+        return make("cpu", 0)
+    return make("no", 0, f"needs {_gib(full.total)}; {_gib(b.gpu_bytes)} on the GPU and {_gib(b.host_bytes)} in RAM available")
+
+
+@dataclass(frozen=True)
+class Ranking:
+    options: list[Option]  # best quality first
+    pick: Option | None
+    reason: str
+    budget: Budget
+    n_ctx: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def rank(shape: Shape, quants: list[Quant], n_ctx: int, machine: Machine, use_gpu: bool = True) -> Ranking:
+    b = budget(machine, use_gpu)
+    options = sorted(
+        (option(shape, q, n_ctx, b) for q in quants),
+        key=lambda o: (-min(o.bits_per_weight, QUALITY_CAP_BPW), o.quant.file_bytes),
+    )
+    where = {"CUDA": f"the {b.device_name}'s free VRAM", "Metal": f"the {b.device_name}'s unified memory",
+             "CPU": "free RAM"}[b.device]
+    full = [o for o in options if o.fit == "full"]
+    usable = [o for o in full if o.ceiling_tps is None or o.ceiling_tps >= USABLE_TPS]
+    if usable:
+        pick = usable[0]
+        reason = f"{pick.quant.name} is the best quality that fits entirely in {where} at {n_ctx} tokens of context"
+        if pick is not full[0]:
+            reason += f" and decodes at least {USABLE_TPS:.0f} tok/s ({full[0].quant.name} would fit but reads too slowly)"
+    elif full:
+        pick = max(full, key=lambda o: o.ceiling_tps or 0)
+        reason = f"{pick.quant.name} fits in {where} and is the fastest that does; nothing fitting reaches {USABLE_TPS:.0f} tok/s"
+    else:
+        split = [o for o in options if o.fit in ("partial", "cpu")]
+        if split:
+            pick = max(split, key=lambda o: (o.ceiling_tps or 0, o.bits_per_weight))
+            reason = (f"no quant fits entirely in {where}; {pick.quant.name} with {pick.n_gpu_layers} of "
+                      f"{shape.n_layer} layers on the GPU is the fastest split (slow: the rest is read from RAM)")
+        else:
+            pick = None
+            smallest = min(options, key=lambda o: o.estimate.total) if options else None
+            reason = "nothing fits at this context" + (
+                f": the smallest, {smallest.quant.name}, {smallest.why_not}; try a smaller --ctx or a smaller model"
+                if smallest else "")
+    return Ranking(options, pick, reason, b, n_ctx)
+
+
+def for_gguf(info, n_ctx: int, machine: Machine, use_gpu: bool = True) -> tuple[Shape, Ranking]:
+    shape = Shape.from_gguf(info)
+    return shape, rank(shape, [Quant.from_gguf(info, shape)], n_ctx, machine, use_gpu)
+
+
+def largest_context(shape: Shape, quant: Quant, b: Budget, up_to: int) -> int:
+    """The largest context (a multiple of 256, as llama.cpp pads it) at which this quant
+    still fits somewhere on this machine; 0 if none does."""
+    best, lo, hi = 0, 1, up_to // 256
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if option(shape, quant, mid * 256, b).fit != "no":
+            best, lo = mid * 256, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def plan_file(info, n_ctx: int, machine: Machine, can_offload: bool, gpu_layers: int | None = None):
+    """How to load one GGUF for a run: (Plan, Option), or ModelTooBig before any loading."""
+    from roost.backends.base import Plan
+    from roost.errors import ModelTooBig
+
+    shape, ranking = for_gguf(info, n_ctx, machine, use_gpu=can_offload)
+    chosen = ranking.options[0]
+    if chosen.fit == "no" and gpu_layers is None:
+        fits_at = largest_context(shape, chosen.quant, ranking.budget, n_ctx)
+        hint = (f"it would fit with --ctx {fits_at}" if fits_at >= 256
+                else "it does not fit at any context; pick a smaller quant or model")
+        raise ModelTooBig(f"{info.name} does not fit in memory at {n_ctx} tokens of context: "
+                          f"it {chosen.why_not}; {hint}")
+    layers = chosen.n_gpu_layers if gpu_layers is None else gpu_layers
+    return Plan(n_ctx=n_ctx, n_gpu_layers=layers if can_offload else 0), chosen

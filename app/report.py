@@ -1,0 +1,105 @@
+"""The text the commands print for people (their --json output is the data itself)."""
+
+from __future__ import annotations
+
+from roost.hardware import GiB, Machine
+
+MiB = 1024**2
+
+
+def size(n: int | float | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
+
+
+def stats_line(stats) -> str:
+    line = (
+        f"prompt {stats.prompt_tokens} tok ({stats.cached_tokens} cached) at {stats.prefill_tps:.1f} tok/s"
+        f" · generated {stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s"
+        f" · TTFT {stats.ttft_s:.3f} s · peak memory {size(stats.peak_rss_bytes)}"
+        f" · context {stats.context_tokens}/{stats.n_ctx}"
+    )
+    if stats.stop_reason != "stop":
+        line += f" · stopped: {stats.stop_reason}"
+    return line
+
+
+def table(rows: list[list[str]], right: set[int] = frozenset()) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in rows
+    )
+
+
+def fits(option, n_layer: int) -> str:
+    if option.fit == "partial":
+        return f"partial {option.n_gpu_layers}/{n_layer + 1} layers"
+    return {"full": "full", "cpu": "CPU only", "no": "no"}[option.fit]
+
+
+def ranking(name: str, shape, r) -> str:
+    b = r.budget
+    head = (
+        f"{name}: {shape.n_params / 1e9:.2f}B parameters, {shape.n_layer} layers"
+        + (f", MoE {shape.n_expert_used}/{shape.n_expert} experts active" if shape.n_expert else "")
+        + f"\nplanned for {b.device} ({b.device_name}) at {r.n_ctx} tokens of context; {b.margin_note}"
+    )
+    rows = [["quant", "size", "bits/w", "fits", f"memory @ {r.n_ctx}", "on GPU", "ceiling tok/s"]]
+    for o in r.options:
+        rows.append([
+            o.quant.name + (" *" if o is r.pick else ""),
+            size(o.quant.file_bytes),
+            f"{o.bits_per_weight:.2f}",
+            fits(o, shape.n_layer),
+            size(o.estimate.total),
+            size(o.estimate.gpu) if o.estimate.gpu else "—",
+            f"≤ {o.ceiling_tps:.0f}" if o.ceiling_tps else "—",
+        ])
+    lines = [head, "", table(rows, right={1, 2, 4, 5, 6}), ""]
+    lines.append(f"pick: {r.pick.quant.name} — {r.reason}." if r.pick else f"pick: none — {r.reason}.")
+    if any(o.ceiling_tps is None for o in r.options):
+        lines.append("ceiling: memory bandwidth unknown here; run `roost doctor --measure` once to measure it.")
+    else:
+        lines.append("ceiling: bandwidth ÷ bytes read per token, at an empty context; real decoding reaches 50–90% of it.")
+    return "\n".join(lines)
+
+
+def machine(m: Machine) -> list[str]:
+    lines = [
+        f"system      {m.os} {m.arch}",
+        f"CPU         {m.cpu_model}, {m.physical_cores} cores ({m.logical_cores} threads)"
+        + (f", {' '.join(m.cpu_features)}" if m.cpu_features else ""),
+        f"memory      {size(m.ram_total_bytes)} total, {size(m.ram_available_bytes)} available",
+    ]
+    if m.apple:
+        a = m.apple
+        lines.append(f"Apple       {a.chip}, {size(a.unified_bytes)} unified; Metal may use "
+                     f"{size(a.working_set_bytes)} ({a.working_set_source}); "
+                     f"bandwidth {_gbs(a.bandwidth_gbs)}")
+    for g in m.gpus:
+        extra = ", ".join(x for x in (
+            f"CUDA {g.cuda}" if g.cuda else "", f"driver {g.driver}" if g.driver else "",
+            f"compute {g.compute_capability}" if g.compute_capability else "",
+            f"{g.utilization_pct}% busy" if g.utilization_pct is not None else "",
+            f"{g.power_w:.0f} W" if g.power_w is not None else "",
+            f"{g.temperature_c} °C" if g.temperature_c is not None else "") if x)
+        lines.append(f"GPU {g.index}       {g.name}: {size(g.free_bytes)} free of {size(g.total_bytes)}, "
+                     f"bandwidth {_gbs(g.bandwidth_gbs)}" + (f"; {extra}" if extra else ""))
+    lines.append(f"CPU memory  bandwidth {_gbs(m.cpu_bandwidth_gbs)}"
+                 + (" (measured)" if m.cpu_bandwidth_gbs else " (roost doctor --measure)"))
+    lines += [f"note        {n}" for n in m.notes]
+    return lines
+
+
+def _gbs(value: float | None) -> str:
+    return f"{value:g} GB/s" if value else "unknown"
+
+
+def doctor(data: dict, m: Machine) -> str:
+    lines = machine(m)
+    for e in data["engines"]:
+        lines.append(f"engine      {e['name']}: {'yes' if e['available'] else 'no'} — {e['detail']}")
+    lines += [f"advice      {a}" for a in data["advice"]] or ["advice      none: this machine is set up well"]
+    return "\n".join(lines)

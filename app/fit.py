@@ -12,7 +12,7 @@ and are marked as not yet measured where they are.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from roost.hardware import GiB, Machine
 
@@ -25,8 +25,9 @@ RUNTIME_OVERHEAD = 24 * MiB
 # A CUDA context with cuBLAS workspaces takes this much VRAM before any tensor
 # (300-500 MiB seen on consumer cards; not measured by roost yet).
 CUDA_CONTEXT = 400 * MiB
-# Reading speed: a decode rate below this feels slow, so a faster quant is preferred.
-USABLE_TPS = 10.0
+# Below this ceiling a quant is too slow to read along with (people read 5-8 tok/s, and
+# real decoding reaches 50-90% of the ceiling): a faster quant is preferred to it.
+USABLE_TPS = 8.0
 # Quality gains stop being measurable above 8-bit quants: Q8_0 and F16 rank equal,
 # and the smaller (faster) one wins.
 QUALITY_CAP_BPW = 8.5
@@ -304,34 +305,40 @@ def ceiling(shape: Shape, quant: Quant, b: Budget, n_gpu_layers: int, ctx_used: 
 def option(shape: Shape, quant: Quant, n_ctx: int, b: Budget) -> Option:
     bpw = quant.bits_per_weight(shape)
 
-    def make(fit, k, why=""):
-        est = estimate(shape, quant, n_ctx, k, gpu_runtime=b.gpu_runtime)
+    def make(fit: str, k: int, est: Estimate, why: str = "") -> Option:
         return Option(quant, fit, k, est, ceiling(shape, quant, b, k), bpw, why)
 
     if b.unified or b.device == "CPU":
+        # One pool: Metal maps the weights where they lie, so nothing is copied.
+        est = estimate(shape, quant, n_ctx, 0)
         k = -1 if b.unified else 0
-        est = estimate(shape, quant, n_ctx, k, gpu_runtime=0)
-        if est.total <= (b.gpu_bytes if b.unified else b.host_bytes):
-            return make("full", k)
+        if b.unified:
+            est = replace(est, gpu=est.total)
         room = b.gpu_bytes if b.unified else b.host_bytes
-        return make("no", 0, f"needs {_gib(est.total)}, {_gib(room)} available")
+        if est.total <= room:
+            return make("full", k, est)
+        return make("no", k, est, f"needs {_gib(est.total)}, {_gib(room)} available")
 
-    full = estimate(shape, quant, n_ctx, -1, gpu_runtime=b.gpu_runtime)
-    if full.gpu <= b.gpu_bytes and full.host <= b.host_bytes:
-        return make("full", -1)
-    for k in range(shape.n_layer, 0, -1):
+    def fits(k: int) -> Estimate | None:
         est = estimate(shape, quant, n_ctx, k, gpu_runtime=b.gpu_runtime)
-        if est.gpu <= b.gpu_bytes and est.host <= b.host_bytes:
-            return make("partial", k)
+        return est if est.gpu <= b.gpu_bytes and est.host <= b.host_bytes else None
+
+    if est := fits(-1):
+        return make("full", -1, est)
+    for k in range(shape.n_layer, 0, -1):
+        if est := fits(k):
+            return make("partial", k, est)
     cpu = estimate(shape, quant, n_ctx, 0)
     if cpu.total <= b.host_bytes:
-        return make("cpu", 0)
-    return make("no", 0, f"needs {_gib(full.total)}; {_gib(b.gpu_bytes)} on the GPU and {_gib(b.host_bytes)} in RAM available")
+        return make("cpu", 0, cpu)
+    full = estimate(shape, quant, n_ctx, -1, gpu_runtime=b.gpu_runtime)
+    return make("no", 0, full,
+                f"needs {_gib(full.total)}; {_gib(b.gpu_bytes)} on the GPU and {_gib(b.host_bytes)} in RAM available")
 
 
 @dataclass(frozen=True)
 class Ranking:
-    options: list[Option]  # best quality first
+    options: list[Option]  # largest file first
     pick: Option | None
     reason: str
     budget: Budget
@@ -341,13 +348,11 @@ class Ranking:
 
 def rank(shape: Shape, quants: list[Quant], n_ctx: int, machine: Machine, use_gpu: bool = True) -> Ranking:
     b = budget(machine, use_gpu)
-    options = sorted(
-        (option(shape, q, n_ctx, b) for q in quants),
-        key=lambda o: (-min(o.bits_per_weight, QUALITY_CAP_BPW), o.quant.file_bytes),
-    )
+    options = sorted((option(shape, q, n_ctx, b) for q in quants), key=lambda o: -o.quant.file_bytes)
+    by_quality = sorted(options, key=lambda o: (-min(o.bits_per_weight, QUALITY_CAP_BPW), o.quant.file_bytes))
     where = {"CUDA": f"the {b.device_name}'s free VRAM", "Metal": f"the {b.device_name}'s unified memory",
              "CPU": "free RAM"}[b.device]
-    full = [o for o in options if o.fit == "full"]
+    full = [o for o in by_quality if o.fit == "full"]
     usable = [o for o in full if o.ceiling_tps is None or o.ceiling_tps >= USABLE_TPS]
     if usable:
         pick = usable[0]

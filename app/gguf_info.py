@@ -254,7 +254,7 @@ class _Cursor:
         raise self.corrupt(f"value type {kind}")
 
     def corrupt(self, what: str) -> ModelFileError:
-        return ModelFileError(f"{self.path} is not a valid GGUF file ({what} at byte {self.pos})")
+        return ModelFileError(f"{self.path} is truncated or corrupt ({what} at byte {self.pos}); download it again")
 
 
 def check_file(path: str) -> None:

@@ -35,7 +35,7 @@ def table(rows: list[list[str]], right: set[int] = frozenset()) -> str:
 
 def fits(option, n_layer: int) -> str:
     if option.fit == "partial":
-        return f"partial {option.n_gpu_layers}/{n_layer + 1} layers"
+        return f"partial {option.n_gpu_layers}/{n_layer} layers"
     return {"full": "full", "cpu": "CPU only", "no": "no"}[option.fit]
 
 

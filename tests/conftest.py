@@ -38,8 +38,13 @@ def engine(make_engine):
     return make_engine()
 
 
-def roost(*args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real `roost` command line in a fresh process."""
+def roost(*args: str, input: str | None = None, timeout: float = 120, machine: str | None = None,
+          env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `roost` command line in a fresh process; `machine` names a recorded
+    machine in tests/machines to stand in for this one."""
+    env = {**os.environ, **(env or {})}
+    if machine:
+        env["ROOST_MACHINE"] = os.path.join(ROOT, "tests", "machines", machine)
     return subprocess.run(
         [sys.executable, "-m", "roost", *args],
         input=input,
@@ -48,4 +53,5 @@ def roost(*args: str, input: str | None = None, timeout: float = 120) -> subproc
         timeout=timeout,
         stdin=None if input is not None else subprocess.DEVNULL,
         cwd=ROOT,
+        env=env,
     )

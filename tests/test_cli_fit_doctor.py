@@ -1,0 +1,77 @@
+"""`roost fit`, `roost doctor`, and `roost run` refusing what cannot fit."""
+
+import json
+import os
+
+from conftest import roost
+from test_cli_run import one_error_line
+
+
+def test_fit_prints_a_table_and_a_pick():
+    result = roost("fit", "demo")
+    assert result.returncode == 0, result.stderr
+    assert "Q4_1 *" in result.stdout and "pick: Q4_1" in result.stdout and "free RAM" in result.stdout
+
+
+def test_fit_json_on_a_gpu_box():
+    result = roost("fit", "demo", "--ctx", "8192", "--json", machine="rtx4090.json")
+    out = json.loads(result.stdout)
+    assert out["budget"]["device"] == "CUDA" and out["pick"] == "Q4_1"
+    (opt,) = out["options"]
+    assert opt["fit"] == "full" and opt["n_gpu_layers"] == -1
+    assert opt["memory"]["kv"] == 30 * 8192 * 3 * 128 * 2  # layers × ctx × KV heads × (K+V dims) × f16
+    assert opt["ceiling_tps"] > 1000
+
+
+def test_fit_several_quants_of_one_model(tmp_path, demo_gguf):
+    copy = tmp_path / "copy.gguf"
+    os.symlink(demo_gguf, copy)
+    out = json.loads(roost("fit", "demo", str(copy), "--json", machine="cpu_only.json").stdout)
+    assert len(out["options"]) == 2 and all(o["ceiling_tps"] for o in out["options"])
+
+
+def test_fit_bad_input():
+    one_error_line(roost("fit", "/no/such.gguf"), "no such model file")
+    one_error_line(roost("fit", "demo", "--ctx", "0"), "--ctx")
+    one_error_line(roost("fit", "demo", "--ctx", "-5"), "--ctx")
+    one_error_line(roost("fit", "demo", "--ctx", "100000"), "at most 8192")
+    one_error_line(roost("fit", "demo", "--gpu", "--json", machine="cpu_only.json"), "no usable GPU", "NVIDIA")
+
+
+def test_run_refuses_a_model_too_big_before_loading():
+    # A machine with 1.5 GiB free, of which 1 GiB is kept for other apps.
+    result = roost("run", "demo", "hi", "--ctx", "8192", machine="tiny.json")
+    line = one_error_line(result, "does not fit", "--ctx")
+    assert "would fit with --ctx" in line
+
+
+def test_run_rejects_gpu_layers_on_a_cpu_build():
+    one_error_line(roost("run", "demo", "hi", "--gpu-layers", "10"), "CPU only", "roost doctor")
+
+
+def test_doctor_on_this_machine():
+    result = roost("doctor")
+    assert result.returncode == 0, result.stderr
+    assert "llama.cpp: yes" in result.stdout and "CPU-only build" in result.stdout
+
+
+def test_doctor_sees_an_idle_nvidia_gpu_and_says_how_to_fix_it():
+    data = json.loads(roost("doctor", "--json", machine="rtx4090.json").stdout)
+    assert data["machine"]["gpus"][0]["name"] == "NVIDIA GeForce RTX 4090"
+    assert any("-DGGML_CUDA=on" in a for a in data["advice"])
+
+
+def test_doctor_on_a_mac_without_mlx():
+    data = json.loads(roost("doctor", "--json", machine="m1_8gb.json").stdout)
+    assert any("roost[mlx]" in a for a in data["advice"])
+    assert any("Metal" in a for a in data["advice"])
+
+
+def test_doctor_measures_bandwidth_and_fit_uses_it(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    measured = roost("doctor", "--measure", env=env)
+    assert measured.returncode == 0 and "GB/s" in measured.stderr
+    saved = json.loads(next(tmp_path.rglob("bandwidth.json")).read_text())
+    assert list(saved.values())[0] > 0.5
+    out = json.loads(roost("fit", "demo", "--json", env=env).stdout)
+    assert out["options"][0]["ceiling_tps"] > 0

@@ -1,0 +1,106 @@
+"""The fit planner: estimates checked against llama.cpp, picks on simulated machines."""
+
+import pytest
+
+from roost import fit, gguf_info
+from roost.backends import load
+from roost.backends.base import Plan
+from shapes import (LLAMA_3B, LLAMA_3B_QUANTS, LLAMA_8B, LLAMA_8B_QUANTS, LLAMA_70B, LLAMA_70B_QUANTS,
+                    QWEN3_MOE, QWEN3_MOE_QUANTS, quants)
+from test_hardware import recorded
+
+
+@pytest.mark.parametrize("n_ctx", [512, 2048, 8192])
+def test_estimate_matches_llama_cpp_buffers(demo_gguf, n_ctx):
+    info = gguf_info.read(demo_gguf)
+    shape = fit.Shape.from_gguf(info)
+    est = fit.estimate(shape, fit.Quant.from_gguf(info, shape), n_ctx)
+    engine = load(demo_gguf, Plan(n_ctx=n_ctx))
+    try:
+        buffers = engine.memory().buffers
+    finally:
+        engine.close()
+    assert est.kv == buffers["kv"]  # exact: the formula is the cache's layout
+    assert abs(est.weights - buffers["model"]) < 2**20
+    assert 0.95 < est.compute / buffers["compute"] < 1.05
+    assert 0.97 < (est.weights + est.kv + est.compute) / (buffers["model"] + buffers["kv"] + buffers["compute"]) < 1.03
+
+
+def rank(machine, shape, sizes, n_ctx, expert_share=0.0):
+    return fit.rank(shape, quants(shape, sizes, expert_share), n_ctx, recorded(machine))
+
+
+def by_name(ranking):
+    return {o.quant.name: o for o in ranking.options}
+
+
+def test_24gb_gpu_gets_an_8b_at_8_bits():
+    r = rank("rtx4090.json", LLAMA_8B, LLAMA_8B_QUANTS, 8192)
+    assert r.pick.quant.name == "Q8_0" and r.pick.fit == "full" and r.pick.n_gpu_layers == -1
+    assert by_name(r)["F16"].fit == "full"  # fits too, but is no better and reads twice the bytes
+    assert 100 < r.pick.ceiling_tps < 130  # 1008 GB/s over ~8.5 GB a token
+    assert "RTX 4090" in r.reason
+
+
+def test_8gb_m1_gets_a_3b_at_5_bits():
+    r = rank("m1_8gb.json", LLAMA_3B, LLAMA_3B_QUANTS, 4096)
+    assert r.pick.quant.name == "Q5_K_M"
+    assert by_name(r)["Q6_K"].fit == "no" and "available" in by_name(r)["Q6_K"].why_not
+    assert r.budget.unified and r.budget.device == "Metal"
+
+
+def test_m3_max_runs_a_70b_only_at_3_bits():
+    r = rank("m3max64.json", LLAMA_70B, LLAMA_70B_QUANTS, 8192)
+    assert r.pick.quant.name == "Q3_K_M"
+    assert by_name(r)["Q4_K_M"].fit == "no"
+    # Unified memory has no partial offload: a model fits in the pool or it does not.
+    assert {o.fit for o in r.options} <= {"full", "no"}
+
+
+def test_cpu_box_prefers_a_quant_fast_enough_to_read():
+    r = rank("cpu_only.json", LLAMA_8B, LLAMA_8B_QUANTS, 8192)
+    assert by_name(r)["Q8_0"].fit == "full"
+    assert r.pick.quant.name == "Q4_K_M" and r.pick.ceiling_tps >= fit.USABLE_TPS
+    assert by_name(r)["Q5_K_M"].ceiling_tps < fit.USABLE_TPS
+    assert "too slowly" in r.reason
+
+
+def test_partial_offload_takes_as_many_layers_as_fit():
+    r = rank("rtx4090.json", LLAMA_70B, LLAMA_70B_QUANTS, 8192)
+    q4 = by_name(r)["Q4_K_M"]
+    assert q4.fit == "partial" and 0 < q4.n_gpu_layers < LLAMA_70B.n_layer
+    one_more = fit.estimate(LLAMA_70B, q4.quant, 8192, q4.n_gpu_layers + 1, gpu_runtime=r.budget.gpu_runtime)
+    assert q4.estimate.gpu <= r.budget.gpu_bytes < one_more.gpu
+    # Fewer bytes, more layers on the GPU, faster: the pick is the fastest split.
+    assert r.pick.fit == "partial" and r.pick.ceiling_tps == max(o.ceiling_tps for o in r.options if o.ceiling_tps)
+    assert "slow" in r.reason
+    # Each layer moved to the GPU speeds decoding up.
+    assert fit.ceiling(LLAMA_70B, q4.quant, r.budget, q4.n_gpu_layers) > fit.ceiling(LLAMA_70B, q4.quant, r.budget, 10)
+
+
+def test_moe_ceiling_counts_active_experts_only():
+    moe = rank("rtx4090.json", QWEN3_MOE, QWEN3_MOE_QUANTS, 8192, expert_share=0.95)
+    dense = rank("rtx4090.json", QWEN3_MOE, QWEN3_MOE_QUANTS, 8192, expert_share=0.0)
+    for name in ("Q4_K_M", "Q3_K_M"):
+        assert by_name(moe)[name].ceiling_tps > 5 * by_name(dense)[name].ceiling_tps
+    assert moe.pick.quant.name == "Q4_K_M" and moe.pick.fit == "full"
+    assert by_name(moe)["Q8_0"].fit == "partial"
+
+
+def test_kv_cache_grows_with_context_and_shrinks_with_q8():
+    assert fit.kv_bytes(LLAMA_8B, 8192) == 2 * 32 * 8192 * 8 * 128 * 2
+    assert fit.kv_bytes(LLAMA_8B, 8192, "q8_0") < 0.55 * fit.kv_bytes(LLAMA_8B, 8192)
+
+
+def test_nothing_fits_says_what_is_smallest():
+    r = rank("m1_8gb.json", LLAMA_70B, LLAMA_70B_QUANTS, 4096)
+    assert r.pick is None and "Q2_K" in r.reason and "smaller" in r.reason
+
+
+def test_largest_context_that_fits():
+    machine = recorded("m1_8gb.json")
+    q = quants(LLAMA_3B, {"Q4_K_M": LLAMA_3B_QUANTS["Q4_K_M"]})[0]
+    b = fit.budget(machine)
+    n = fit.largest_context(LLAMA_3B, q, b, 131072)
+    assert n % 256 == 0 and fit.option(LLAMA_3B, q, n, b).fit == "full"
+    assert fit.option(LLAMA_3B, q, n + 256, b).fit == "no"

@@ -12,7 +12,7 @@ and are marked as not yet measured where they are.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from roost.hardware import GiB, Machine
 
@@ -139,6 +139,7 @@ class Estimate:
     compute: int
     overhead: int
     gpu: int  # of the total, what sits in GPU memory
+    compute_reserved: int = 0  # the compute buffer llama.cpp reports allocating
 
     @property
     def total(self) -> int:
@@ -158,20 +159,30 @@ def kv_bytes(shape: Shape, n_ctx: int, kv_type: str = "f16", layers: range | Non
     return int(per_token * n_ctx * KV_BYTES_PER_ELEMENT[kv_type])
 
 
-def compute_bytes(shape: Shape, n_ctx: int) -> int:
-    """llama.cpp's compute buffer (flash attention off, as llama-cpp-python defaults):
-    the largest set of live tensors in the graph, either the logits of a micro-batch or
-    one layer's attention scores over the whole context."""
+def compute_bytes(shape: Shape, n_ctx: int) -> tuple[int, int]:
+    """llama.cpp's compute buffer, flash attention off (llama-cpp-python's default):
+    (reserved, touched). It reserves the larger of two peaks: a micro-batch's logits, or
+    one layer's attention scores over the full context. roost asks for one token's logits
+    at a time, so on the CPU only the attention peak is ever written, and only once the
+    context is full; untouched pages never become resident."""
     u = min(N_UBATCH, n_ctx)
     logits = (shape.n_vocab + 2 * shape.n_embd) * u * 4
-    attention = (n_ctx * (shape.n_head + 1) + shape.n_ff) * u * 4
-    return max(logits, attention)
+    attention = (n_ctx * (shape.n_head + 1) + shape.n_ff + 3 * shape.n_embd) * u * 4
+    return max(logits, attention), attention
+
+
+def cpu_attention_work(shape: Shape, n_ctx: int) -> int:
+    """The CPU backend's scratch for multiplying f32 attention scores by the f16 V cache:
+    the scores converted to f16, outside any reported buffer."""
+    return n_ctx * min(N_UBATCH, n_ctx) * shape.n_head * 2
 
 
 def estimate(shape: Shape, quant: Quant, n_ctx: int, n_gpu_layers: int = 0, kv_type: str = "f16",
              gpu_runtime: int = CUDA_CONTEXT) -> Estimate:
     """Memory for one context of n_ctx tokens, with n_gpu_layers on the GPU in
-    llama.cpp's order: the last layers first, then (at n_layer + 1, or -1) the output."""
+    llama.cpp's order: the last layers first, then (at n_layer + 1, or -1) the output.
+    Host figures are what becomes resident with the context full; GPU figures are what
+    is allocated, since device memory is taken whole."""
     L = shape.n_layer
     k = L + 1 if n_gpu_layers < 0 else min(n_gpu_layers, L + 1)
     gpu_layers = range(L - min(k, L), L)
@@ -182,25 +193,32 @@ def estimate(shape: Shape, quant: Quant, n_ctx: int, n_gpu_layers: int = 0, kv_t
     host_weights = quant.weight_bytes - gpu_weights
     if shape.tied_embeddings and not output_on_gpu:
         host_weights -= quant.output_bytes  # output reads the embedding in place
-    kv_gpu = kv_bytes(shape, n_ctx, kv_type, gpu_layers)
-    kv_all = kv_bytes(shape, n_ctx, kv_type)
-    compute = compute_bytes(shape, n_ctx)
-    if k == 0:
-        gpu, compute_total, overhead = 0, compute, RUNTIME_OVERHEAD
-    else:
-        # Both sides run part of the graph when layers are split; with the output on the
-        # GPU the host side only stages inputs.
-        host_compute = compute if not output_on_gpu else (shape.n_embd * 4) * min(N_UBATCH, n_ctx) * 4
-        compute_total = compute + host_compute
-        overhead = RUNTIME_OVERHEAD + gpu_runtime
-        gpu = gpu_weights + kv_gpu + compute + gpu_runtime
+    reserved, touched = compute_bytes(shape, n_ctx)
+    host_compute, overhead, gpu = touched, RUNTIME_OVERHEAD + cpu_attention_work(shape, n_ctx), 0
+    if k > 0:
+        gpu = gpu_weights + kv_bytes(shape, n_ctx, kv_type, gpu_layers) + reserved + gpu_runtime
+        overhead += gpu_runtime
+        if output_on_gpu:  # every layer runs on the GPU: the host only stages inputs
+            host_compute = shape.n_embd * 4 * min(N_UBATCH, n_ctx) * 4
+            overhead -= cpu_attention_work(shape, n_ctx)
     return Estimate(
         weights=gpu_weights + host_weights,
-        kv=kv_all,
-        compute=compute_total,
+        kv=kv_bytes(shape, n_ctx, kv_type),
+        compute=host_compute + (reserved if k > 0 else 0),
         overhead=overhead,
         gpu=gpu,
+        compute_reserved=reserved,
     )
+
+
+def unified_estimate(shape: Shape, quant: Quant, n_ctx: int, kv_type: str = "f16") -> Estimate:
+    """Everything on the GPU of a unified-memory Mac: Metal maps the weights where they
+    lie (no copies), and its compute buffer is allocated whole."""
+    reserved, _ = compute_bytes(shape, n_ctx)
+    weights = quant.weight_bytes - (quant.output_bytes if shape.tied_embeddings else 0)
+    kv = kv_bytes(shape, n_ctx, kv_type)
+    total = weights + kv + reserved + RUNTIME_OVERHEAD
+    return Estimate(weights, kv, reserved, RUNTIME_OVERHEAD, gpu=total, compute_reserved=reserved)
 
 
 def bytes_per_token(shape: Shape, quant: Quant, ctx_used: int = 0, kv_type: str = "f16") -> tuple[list[int], int]:
@@ -309,11 +327,8 @@ def option(shape: Shape, quant: Quant, n_ctx: int, b: Budget) -> Option:
         return Option(quant, fit, k, est, ceiling(shape, quant, b, k), bpw, why)
 
     if b.unified or b.device == "CPU":
-        # One pool: Metal maps the weights where they lie, so nothing is copied.
-        est = estimate(shape, quant, n_ctx, 0)
         k = -1 if b.unified else 0
-        if b.unified:
-            est = replace(est, gpu=est.total)
+        est = unified_estimate(shape, quant, n_ctx) if b.unified else estimate(shape, quant, n_ctx, 0)
         room = b.gpu_bytes if b.unified else b.host_bytes
         if est.total <= room:
             return make("full", k, est)

@@ -26,3 +26,60 @@ def truncated(source: str, dest: str, keep_fraction: float = 0.5) -> str:
     with open(dest, "wb") as f:
         f.write(data[: int(len(data) * keep_fraction)])
     return dest
+
+
+def synthetic_llama(source: str, dest: str, *, n_layer: int, n_embd: int, n_head: int, n_head_kv: int,
+                    n_ff: int, n_ctx: int = 8192, qtype: str = "Q8_0", seed: int = 0) -> str:
+    """A llama-architecture model of any shape with random weights and `source`'s
+    tokenizer and chat template: it loads and runs in llama.cpp like a real one (and
+    talks nonsense). For checking memory formulas on shapes other than SmolLM2's."""
+    import numpy as np
+    from gguf.quants import quantize
+
+    reader = gguf.GGUFReader(source, "r")
+    writer = gguf.GGUFWriter(dest, arch="llama")
+    writer.add_name(f"synthetic llama {n_layer}x{n_embd}")
+    writer.add_block_count(n_layer)
+    writer.add_context_length(n_ctx)
+    writer.add_embedding_length(n_embd)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_rope_dimension_count(n_embd // n_head)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    for field in reader.fields.values():
+        if field.name.startswith("tokenizer."):
+            kind = field.types[0]
+            sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+    n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+
+    rng = np.random.default_rng(seed)
+    q = gguf.GGMLQuantizationType[qtype]
+    head_dim = n_embd // n_head
+
+    def add(name, rows, cols=None):
+        if cols is None:  # norms stay f32, as in real files
+            writer.add_tensor(name, np.ones(rows, dtype=np.float32))
+            return
+        data = rng.normal(0, 0.02, size=(rows, cols)).astype(np.float32)
+        writer.add_tensor(name, quantize(data, q), raw_dtype=q)  # shape read from the bytes
+
+    add("token_embd.weight", n_vocab, n_embd)
+    add("output_norm.weight", n_embd)
+    for i in range(n_layer):
+        add(f"blk.{i}.attn_norm.weight", n_embd)
+        add(f"blk.{i}.attn_q.weight", n_embd, n_embd)
+        add(f"blk.{i}.attn_k.weight", n_head_kv * head_dim, n_embd)
+        add(f"blk.{i}.attn_v.weight", n_head_kv * head_dim, n_embd)
+        add(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+        add(f"blk.{i}.ffn_norm.weight", n_embd)
+        add(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
+        add(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+        add(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dest

@@ -22,8 +22,8 @@ def test_estimate_matches_llama_cpp_buffers(demo_gguf, n_ctx):
         engine.close()
     assert est.kv == buffers["kv"]  # exact: the formula is the cache's layout
     assert abs(est.weights - buffers["model"]) < 2**20
-    assert 0.95 < est.compute / buffers["compute"] < 1.05
-    assert 0.97 < (est.weights + est.kv + est.compute) / (buffers["model"] + buffers["kv"] + buffers["compute"]) < 1.03
+    assert 0.95 < est.compute_reserved / buffers["compute"] < 1.05
+    assert 0.97 < (est.weights + est.kv + est.compute_reserved) / (buffers["model"] + buffers["kv"] + buffers["compute"]) < 1.03
 
 
 def rank(machine, shape, sizes, n_ctx, expert_share=0.0):
@@ -104,3 +104,28 @@ def test_largest_context_that_fits():
     n = fit.largest_context(LLAMA_3B, q, b, 131072)
     assert n % 256 == 0 and fit.option(LLAMA_3B, q, n, b).fit == "full"
     assert fit.option(LLAMA_3B, q, n + 256, b).fit == "no"
+
+
+@pytest.fixture(scope="module", params=[(8, 1024, 16, 4, 2816), (4, 2048, 8, 8, 8192)], ids=["gqa", "mha"])
+def synthetic(request, demo_gguf, tmp_path_factory):
+    from gguf_files import synthetic_llama
+
+    n_layer, n_embd, n_head, n_head_kv, n_ff = request.param
+    path = str(tmp_path_factory.mktemp("synthetic") / "model.gguf")
+    return synthetic_llama(demo_gguf, path, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                           n_head_kv=n_head_kv, n_ff=n_ff)
+
+
+@pytest.mark.parametrize("n_ctx", [512, 8192])
+def test_estimate_holds_for_other_shapes(synthetic, n_ctx):
+    info = gguf_info.read(synthetic)
+    shape = fit.Shape.from_gguf(info)
+    est = fit.estimate(shape, fit.Quant.from_gguf(info, shape), n_ctx)
+    engine = load(synthetic, Plan(n_ctx=n_ctx))
+    try:
+        buffers = engine.memory().buffers
+    finally:
+        engine.close()
+    assert est.kv == buffers["kv"]
+    assert abs(est.weights - buffers["model"]) < 2**20
+    assert 0.92 < est.compute_reserved / buffers["compute"] < 1.08

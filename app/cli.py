@@ -146,7 +146,7 @@ def cmd_run(args) -> int:
     offload = _llama_can_offload()
     if args.gpu_layers and not offload:
         raise UsageError("--gpu-layers needs a GPU build of llama-cpp-python, and this one is CPU only (see: roost doctor)")
-    plan, _ = fit.plan_file(info, n_ctx, hardware.detect(), offload, args.gpu_layers)
+    plan, _ = fit.plan_file(info, n_ctx, hardware.detect(gpus=offload), offload, args.gpu_layers)
     if args.threads:
         plan = replace(plan, n_threads=args.threads)
     loading = time.perf_counter()

@@ -244,7 +244,9 @@ class RecordedProbe(Probe):
         return self.readings.get("cpu_bandwidth_gbs")
 
 
-def detect(probe: Probe | None = None) -> Machine:
+def detect(probe: Probe | None = None, gpus: bool = True) -> Machine:
+    """The machine now. gpus=False skips asking vendor libraries, for callers that
+    cannot use a GPU anyway (a CPU-only engine build)."""
     if probe is None:
         recorded = os.environ.get("ROOST_MACHINE")
         probe = RecordedProbe.from_file(recorded) if recorded else Probe()
@@ -253,15 +255,13 @@ def detect(probe: Probe | None = None) -> Machine:
     total, available = probe.ram()
     notes = []
 
-    gpus = ()
-    nvidia = probe.nvidia()
+    found: tuple[Gpu, ...] = ()
+    nvidia = probe.nvidia() if gpus else "not asked: this engine build cannot use a GPU"
     if isinstance(nvidia, str):
         if os_name != "darwin":
             notes.append(f"no NVIDIA GPU: {nvidia}")
     else:
-        gpus = tuple(
-            Gpu(index=i, bandwidth_gbs=bandwidth_for(g["name"]), **g) for i, g in enumerate(nvidia)
-        )
+        found = tuple(Gpu(index=i, bandwidth_gbs=bandwidth_for(g["name"]), **g) for i, g in enumerate(nvidia))
 
     apple = None
     if os_name == "darwin" and arch == "arm64":
@@ -270,7 +270,7 @@ def detect(probe: Probe | None = None) -> Machine:
         wired_mb = int(probe.sysctl("iogpu.wired_limit_mb") or 0)
         if wired_mb:
             working_set, source = wired_mb * 1024**2, "wired limit sysctl (iogpu.wired_limit_mb)"
-        elif (metal := probe.metal_working_set()) is not None:
+        elif gpus and (metal := probe.metal_working_set()) is not None:
             working_set, source = metal, "mlx"
         else:
             working_set, source = int(unified * metal_share(unified)), "estimate (MLX not installed)"
@@ -289,7 +289,7 @@ def detect(probe: Probe | None = None) -> Machine:
         cpu_features=tuple(features),
         ram_total_bytes=total,
         ram_available_bytes=available,
-        gpus=gpus,
+        gpus=found,
         apple=apple,
         cpu_bandwidth_gbs=probe.measured_cpu_bandwidth(),
         notes=tuple(notes),

@@ -1,10 +1,18 @@
-"""models.toml, and which file a model reference means."""
+"""models.toml, and what a model reference means.
+
+A reference is one of: a local path; a catalog name (`qwen2.5-7b`), optionally with a
+quant (`qwen2.5-7b:Q4_K_M`); a Hub repo (`owner/repo`), optionally with a file
+(`owner/repo:file.gguf`) or a quant (`owner/repo:Q4_K_M`). Resolving a reference needs no
+network; listing an uncatalogued repo's files does.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import tomllib
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,20 +20,134 @@ from roost.errors import RoostError
 
 CATALOG = Path(__file__).resolve().parent.parent / "models.toml"
 
+# Quant names as they appear in GGUF file names ("…-Q4_K_M.gguf", "….IQ3_XXS.gguf").
+QUANT_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(I?Q\d+_[A-Z0-9_]+?|Q\d+_\d|BF16|F16|F32|TQ\d_\d|MXFP4)(?=[.-])", re.I)
+SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
 
 class CatalogError(RoostError):
     pass
 
 
-@lru_cache(maxsize=1)
-def models() -> dict[str, dict]:
+@dataclass(frozen=True)
+class GgufFile:
+    quant: str
+    file: str
+    size: int
+    parts: int = 1
+
+    @property
+    def files(self) -> list[str]:
+        """Every part of a split file, in order."""
+        if self.parts == 1:
+            return [self.file]
+        return [SPLIT_PART.sub(f"-{i:05d}-of-{self.parts:05d}.gguf", self.file) for i in range(1, self.parts + 1)]
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    family: str
+    params: float
+    gguf_repo: str | None = None
+    gguf: tuple[GgufFile, ...] = ()
+    description: str = ""
+    kind: str = "chat"
+    active_params: float = 0.0
+    license: str = ""
+    context: int = 0
+    arch: dict = field(default_factory=dict)
+    mlx: dict[str, str] = field(default_factory=dict)
+    unverified: tuple[str, ...] = ()
+    bundled: str | None = None
+
+    def shape(self):
+        from roost.fit import Shape
+
+        a = self.arch
+        return Shape(
+            n_layer=a["n_layer"], n_embd=a["n_embd"], n_ff=a["n_ff"], n_head=a["n_head"],
+            n_head_kv=(a["n_head_kv"],) * a["n_layer"], head_dim_k=a["head_dim"], head_dim_v=a["head_dim"],
+            n_vocab=a["n_vocab"], n_ctx_train=self.context, n_params=int(self.params),
+            tied_embeddings=a.get("tied_embeddings", False),
+            n_expert=a.get("n_expert", 0), n_expert_used=a.get("n_expert_used", 0),
+        )
+
+    def quants(self) -> list:
+        from roost.fit import Quant
+
+        shape = self.shape()
+        share = 0.0
+        if shape.n_expert:
+            # Expert weights: three matrices of n_embd × n_ff per expert per layer.
+            experts = shape.n_layer * shape.n_expert * 3 * shape.n_embd * shape.n_ff
+            share = min(experts / (self.params - shape.n_vocab * shape.n_embd), 1.0)
+        return [Quant.from_size(shape, g.quant, g.size, share) for g in self.gguf]
+
+    def file_for(self, quant: str) -> GgufFile:
+        for g in self.gguf:
+            if g.quant.lower() == quant.lower():
+                return g
+        known = ", ".join(g.quant for g in self.gguf)
+        raise CatalogError(f"{self.name} has no quant {quant}; it has: {known}")
+
+
+ARCH_FIELDS = ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_vocab")
+
+
+def _line_of(text: str, name: str) -> int:
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip().startswith((f"[models.{name}]", f'[models."{name}"]')):
+            return i
+    return 0
+
+
+def parse(text: str, where: str = "models.toml") -> dict[str, Model]:
     try:
-        with open(CATALOG, "rb") as f:
-            return tomllib.load(f).get("models", {})
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise CatalogError(f"{where} is broken: {e}") from None
+    models = {}
+    for name, entry in data.get("models", {}).items():
+        line = _line_of(text, name)
+
+        def bad(what: str) -> CatalogError:
+            return CatalogError(f"{where} line {line}, model {name}: {what}")
+
+        if not isinstance(entry, dict):
+            raise bad("must be a table")
+        if "bundled" in entry:
+            models[name] = Model(name, entry.get("family", name), 0.0, bundled=entry["bundled"])
+            continue
+        missing = [k for k in ("family", "params", "context", "gguf_repo", "gguf", *ARCH_FIELDS) if k not in entry]
+        if missing:
+            raise bad(f"missing {', '.join(missing)}")
+        try:
+            files = tuple(GgufFile(g["quant"], g["file"], int(g["size"]), int(g.get("parts", 1))) for g in entry["gguf"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise bad(f"each gguf entry needs quant, file and a size in bytes ({e})") from None
+        if not files:
+            raise bad("lists no gguf files")
+        arch = {k: entry[k] for k in (*ARCH_FIELDS, "tied_embeddings", "n_expert", "n_expert_used") if k in entry}
+        if not all(isinstance(arch[k], int) and arch[k] > 0 for k in ARCH_FIELDS):
+            raise bad(f"{', '.join(ARCH_FIELDS)} must be positive whole numbers")
+        models[name] = Model(
+            name=name, family=entry["family"], params=float(entry["params"]), gguf_repo=entry["gguf_repo"],
+            gguf=files, description=entry.get("description", ""), kind=entry.get("kind", "chat"),
+            active_params=float(entry.get("active_params", entry["params"])), license=entry.get("license", ""),
+            context=int(entry["context"]), arch=arch, mlx={str(k): v for k, v in entry.get("mlx", {}).items()},
+            unverified=tuple(entry.get("unverified", ())),
+        )
+    return models
+
+
+@lru_cache(maxsize=1)
+def models() -> dict[str, Model]:
+    try:
+        text = CATALOG.read_text()
     except FileNotFoundError:
         raise CatalogError(f"the model catalog is missing: {CATALOG}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise CatalogError(f"{CATALOG} is broken: {e}") from None
+    return parse(text, str(CATALOG))
 
 
 def bundled_path(entry: str) -> str:
@@ -41,17 +163,73 @@ def bundled_path(entry: str) -> str:
 
 
 def demo_model_path() -> str:
-    return bundled_path(models()["demo"]["bundled"])
+    return bundled_path(models()["demo"].bundled)
 
 
-def resolve(ref: str) -> str:
-    """A model reference to a local file path: an existing path as given, else a name
-    from the catalog."""
-    path = os.path.expanduser(ref)
-    if os.path.exists(path) or os.sep in ref or ref.endswith(".gguf"):
-        return path
-    entry = models().get(ref)
-    if entry is None:
-        known = ", ".join(sorted(models()))
-        raise CatalogError(f"unknown model {ref!r}: give a path to a .gguf file or one of: {known}")
-    return bundled_path(entry["bundled"])
+@dataclass(frozen=True)
+class Ref:
+    """What a reference names. Exactly one of path / model / repo is set."""
+
+    text: str
+    path: str | None = None  # a local file
+    model: Model | None = None  # a catalog entry
+    repo: str | None = None  # a Hub repo outside the catalog (or the catalog's, by repo name)
+    file: str | None = None  # a file in the repo
+    quant: str | None = None  # a quant asked for by name
+
+    @property
+    def repo_id(self) -> str | None:
+        return self.model.gguf_repo if self.model else self.repo
+
+
+def quant_of(filename: str) -> str:
+    m = QUANT_IN_NAME.search(os.path.basename(filename))
+    return m.group(1).upper() if m else "?"
+
+
+def resolve(text: str) -> Ref:
+    path = os.path.expanduser(text)
+    if os.path.exists(path) or text.endswith(".gguf") and ":" not in text or text.startswith((".", "/", "~")):
+        return Ref(text, path=path)
+    name, _, extra = text.partition(":")
+    catalog = models()
+    if name in catalog:
+        model = catalog[name]
+        if model.bundled:
+            return Ref(text, path=bundled_path(model.bundled))
+        if extra:
+            model.file_for(extra)  # an unknown quant fails here, before any network
+        return Ref(text, model=model, quant=extra or None)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        by_repo = next((m for m in catalog.values() if m.gguf_repo and m.gguf_repo.lower() == name.lower()), None)
+        if by_repo and not extra.endswith(".gguf"):
+            return Ref(text, model=by_repo, quant=extra or None)
+        if extra.endswith(".gguf"):
+            return Ref(text, repo=name, file=extra)
+        return Ref(text, repo=name, quant=extra or None)
+    known = ", ".join(sorted(catalog))
+    raise CatalogError(f"unknown model {text!r}: give a path to a .gguf file, a Hub repo (owner/name), or one of: {known}")
+
+
+def list_repo_gguf(repo_id: str) -> list[GgufFile]:
+    """The GGUF files of any Hub repo, split files grouped, quant read from the name."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    from roost.download import _HubCall
+
+    with _HubCall(repo_id):
+        entries = [e for e in HfApi().list_repo_tree(repo_id, recursive=True) if isinstance(e, RepoFile)]
+    groups: dict[str, list] = {}
+    for e in entries:
+        if not e.path.endswith(".gguf") or "mmproj" in e.path.lower():
+            continue
+        key = SPLIT_PART.sub(".gguf", e.path)
+        groups.setdefault(key, []).append(e)
+    files = []
+    for key, parts in sorted(groups.items()):
+        parts.sort(key=lambda e: e.path)
+        files.append(GgufFile(quant_of(key), parts[0].path, sum(p.size for p in parts), len(parts)))
+    if not files:
+        raise CatalogError(f"{repo_id} has no .gguf files")
+    return files

@@ -10,7 +10,7 @@ import argparse
 import json
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from roost import __version__
 from roost.errors import RoostError, UsageError
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpu-layers", type=int, help="layers to put on the GPU, -1 for all (default: as many as fit)")
     run.add_argument("--stats", action="store_true", help="print speed, time to first token and memory to stderr")
     run.add_argument("--json", action="store_true", help="print one JSON object with the text and all stats")
+    run.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
     run.set_defaults(handler=cmd_run)
 
     fit = commands.add_parser(
@@ -81,6 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--cpu", action="store_true", help="plan for the CPU alone")
     fit.add_argument("--json", action="store_true", help="print the plan as JSON")
     fit.set_defaults(handler=cmd_fit)
+
+    pull = commands.add_parser("pull", help="download a model (the quant that fits here, unless one is named)",
+                               description="MODEL: a catalog name, NAME:QUANT, a Hub repo (owner/name), owner/name:QUANT or owner/name:FILE.gguf.")
+    pull.add_argument("model", metavar="MODEL")
+    pull.add_argument("-c", "--ctx", type=_positive_int, help=f"plan for this context (default {DEFAULT_CTX})")
+    pull.add_argument("-y", "--yes", action="store_true", help="do not ask before downloading")
+    pull.set_defaults(handler=cmd_pull)
+
+    ls = commands.add_parser("ls", help="downloaded models")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=cmd_ls)
+
+    rm = commands.add_parser("rm", help="remove a downloaded model", description="MODEL: a catalog name (all its quants), NAME:QUANT, a repo, repo:FILE.gguf, or the path `roost ls` shows.")
+    rm.add_argument("model", metavar="MODEL")
+    rm.set_defaults(handler=cmd_rm)
+
+    search = commands.add_parser("search", help="search the catalog, with what fits here")
+    search.add_argument("text", metavar="TEXT", nargs="*", help="words to match (none: everything)")
+    search.add_argument("-c", "--ctx", type=_positive_int, help=f"plan for this context (default {DEFAULT_CTX})")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=cmd_search)
 
     doctor = commands.add_parser("doctor", help="check this machine and roost's engines", description="The machine, the engines that can run here, and fixes for common mismatches.")
     doctor.add_argument("--measure", action="store_true", help="measure CPU memory bandwidth (a few seconds) and keep it for speed predictions")
@@ -134,19 +156,20 @@ def _context(requested: int | None, info) -> int:
 def cmd_run(args) -> int:
     import time
 
-    from roost import catalog, fit, gguf_info, hardware, report
+    from roost import fit, gguf_info, hardware, report
     from roost.backends import load
     from roost.backends.base import Cancel, Done, Params
     from roost.session import Session
 
     prompt = _read_prompt(args.prompt)
-    path = catalog.resolve(args.model)
-    info = gguf_info.read(path)
-    n_ctx = _context(args.ctx, info)
     offload = _llama_can_offload()
     if args.gpu_layers and not offload:
         raise UsageError("--gpu-layers needs a GPU build of llama-cpp-python, and this one is CPU only (see: roost doctor)")
-    plan, _ = fit.plan_file(info, n_ctx, hardware.detect(gpus=offload), offload, args.gpu_layers)
+    machine = hardware.detect(gpus=offload)
+    path = _model_file(args.model, machine, args.ctx, yes=args.yes, can_ask=sys.stdin is not None and sys.stdin.isatty())
+    info = gguf_info.read(path)
+    n_ctx = _context(args.ctx, info)
+    plan, _ = fit.plan_file(info, n_ctx, machine, offload, args.gpu_layers)
     if args.threads:
         plan = replace(plan, n_threads=args.threads)
     loading = time.perf_counter()
@@ -191,24 +214,38 @@ def _llama_can_offload() -> bool:
 
 
 def cmd_fit(args) -> int:
-    from roost import catalog, fit, gguf_info, hardware, report
+    from roost import catalog, fit, gguf_info, hardware, library, report
 
-    infos = [gguf_info.read(catalog.resolve(m)) for m in args.models]
-    shape = fit.Shape.from_gguf(infos[0])
-    for other in infos[1:]:
-        if (other.architecture, other.n_layer, other.n_embd) != (infos[0].architecture, shape.n_layer, shape.n_embd):
-            raise UsageError(f"{other.path} is a different model from {infos[0].path}: give quants of one model")
-    n_ctx = _context(args.ctx, infos[0])
     machine = hardware.detect()
     if args.gpu and not (machine.gpus or machine.apple):
         why = "; ".join(machine.notes) or "none was found"
         raise UsageError(f"--gpu asked for, but this machine has no usable GPU ({why})")
-    quants = [fit.Quant.from_gguf(i, shape) for i in infos]
+    refs = [catalog.resolve(m) for m in args.models]
+    if all(r.path for r in refs):
+        infos = [gguf_info.read(r.path) for r in refs]
+        shape = fit.Shape.from_gguf(infos[0])
+        for other in infos[1:]:
+            if (other.architecture, other.n_layer, other.n_embd) != (infos[0].architecture, shape.n_layer, shape.n_embd):
+                raise UsageError(f"{other.path} is a different model from {infos[0].path}: give quants of one model")
+        name, limit = infos[0].name, infos[0].n_ctx_train
+        quants = [fit.Quant.from_gguf(i, shape) for i in infos]
+    elif len(refs) == 1:
+        ref = refs[0]
+        if ref.model:
+            shape, quants, name = ref.model.shape(), ref.model.quants(), ref.model.name
+        else:
+            files = catalog.list_repo_gguf(ref.repo)
+            shape = library.remote_shape(ref.repo, min(files, key=lambda f: f.size).files[0])
+            quants, name = [fit.Quant.from_size(shape, f.quant, f.size) for f in files], ref.repo
+        limit = shape.n_ctx_train
+    else:
+        raise UsageError("give one catalog name or Hub repo, or several local .gguf files of one model")
+    n_ctx = _context(args.ctx, _Limit(name, limit))
     ranking = fit.rank(shape, quants, n_ctx, machine, use_gpu=not args.cpu)
     if args.json:
         b = ranking.budget
         print(json.dumps({
-            "model": infos[0].name,
+            "model": name,
             "n_ctx": n_ctx,
             "budget": {"device": b.device, "device_name": b.device_name, "gpu_bytes": b.gpu_bytes,
                        "host_bytes": b.host_bytes, "margin": b.margin_note},
@@ -217,8 +254,159 @@ def cmd_fit(args) -> int:
             "reason": ranking.reason,
         }, indent=2))
     else:
-        print(report.ranking(infos[0].name, shape, ranking))
+        print(report.ranking(name, shape, ranking))
     return 0 if ranking.pick else 1
+
+
+@dataclass(frozen=True)
+class _Limit:
+    name: str
+    n_ctx_train: int
+
+
+def _model_file(text: str, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
+    """A local file for a model reference, downloading it first if need be (asking,
+    unless --yes)."""
+    from roost import catalog, library, report
+
+    ref = catalog.resolve(text)
+    if ref.path:
+        return ref.path
+    choice = library.choose(ref, machine, ctx or DEFAULT_CTX)
+    path = library.cached_path(choice.repo_id, choice.file)
+    if path:
+        return path
+    what = f"{choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})"
+    if not yes:
+        if not can_ask:
+            raise UsageError(f"{text} is not downloaded yet: run `roost pull {text}` first, or add --yes")
+        print(f"{text} is not downloaded yet. Download {what} now? [Y/n] ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("", "y", "yes"):
+            raise UsageError("not downloaded; nothing was changed")
+    return _pull(choice)
+
+
+def _pull(choice) -> str:
+    from roost import library
+    from roost.backends.base import Cancel
+
+    cancel = Cancel()
+    with _download_bar() as on_progress, _first_interrupt_cancels(cancel):
+        return library.pull(choice.repo_id, choice.file, on_progress=on_progress, cancel=cancel)
+
+
+class _download_bar:
+    """rich's progress bar on stderr, fed by download Progress events."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+        self.bar.start()
+        self.tasks = {}
+        return self.update
+
+    def update(self, p) -> None:
+        key = (p.filename, p.phase)
+        if key not in self.tasks:
+            self.tasks[key] = self.bar.add_task(f"{p.phase} {p.filename}", total=p.total)
+        self.bar.update(self.tasks[key], completed=p.done, total=p.total)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+
+def cmd_pull(args) -> int:
+    from roost import catalog, hardware, library, report
+
+    machine = hardware.detect()
+    ref = catalog.resolve(args.model)
+    if ref.path:
+        raise UsageError(f"{args.model} is a local file: nothing to pull")
+    choice = library.choose(ref, machine, args.ctx or DEFAULT_CTX)
+    if choice.ranking is not None:
+        print(report.ranking(ref.model.name if ref.model else ref.repo, choice.shape, choice.ranking), file=sys.stderr)
+    have = library.cached_path(choice.repo_id, choice.file)
+    if have:
+        print(have)
+        return 0
+    if not args.yes and sys.stdin is not None and sys.stdin.isatty():
+        print(f"Download {choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})? [Y/n] ",
+              end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("", "y", "yes"):
+            return 1
+    print(_pull(choice))
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from roost import fit, gguf_info, hardware, library, report
+    from roost.errors import ModelFileError
+
+    have = library.downloaded()
+    machine = hardware.detect()
+    rows = [["model", "quant", "size", "fits now", "path"]]
+    out = []
+    for d in have:
+        try:
+            info = gguf_info.read(d.path)
+            _, ranking = fit.for_gguf(info, min(DEFAULT_CTX, info.n_ctx_train or DEFAULT_CTX), machine)
+            fits = report.fits(ranking.options[0], info.n_layer)
+        except ModelFileError:
+            fits = "damaged"
+        name = d.name or d.repo_id
+        out.append({"name": name, "repo": d.repo_id, "file": d.filename, "quant": d.quant, "size": d.size,
+                    "fits": fits, "path": d.path})
+        rows.append([name, d.quant, report.size(d.size), fits, d.path])
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif not have:
+        print("no models downloaded yet (roost pull NAME; roost search TEXT lists the catalog)")
+    else:
+        print(report.table(rows, right={2}))
+    return 0
+
+
+def cmd_rm(args) -> int:
+    from roost import library, report
+
+    for d in library.remove(args.model):
+        print(f"removed {d.repo_id}/{d.filename} ({report.size(d.size)})")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from roost import catalog, fit, hardware, report
+
+    machine = hardware.detect()
+    words = [w.lower() for w in args.text]
+    rows = [["name", "family", "params", "kind", "best here", "fits", "ceiling"]]
+    out = []
+    for m in catalog.models().values():
+        if m.bundled:
+            continue
+        text = " ".join((m.name, m.family, m.description, m.kind)).lower()
+        if not all(w in text for w in words):
+            continue
+        ranking = fit.rank(m.shape(), m.quants(), min(args.ctx or DEFAULT_CTX, m.context), machine)
+        pick = ranking.pick
+        fits = report.fits(pick, m.arch["n_layer"]) if pick else "no"
+        ceiling = f"≤ {pick.ceiling_tps:.0f} tok/s" if pick and pick.ceiling_tps else "—"
+        out.append({"name": m.name, "family": m.family, "params": m.params, "kind": m.kind,
+                    "pick": pick.quant.name if pick else None, "fits": fits,
+                    "ceiling_tps": pick.ceiling_tps if pick else None})
+        rows.append([m.name, m.family, f"{m.params / 1e9:.1f}B", m.kind, pick.quant.name if pick else "—", fits, ceiling])
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif len(rows) == 1:
+        print(f"nothing in the catalog matches {' '.join(args.text)!r}")
+        return 1
+    else:
+        print(report.table(rows))
+    return 0
 
 
 def cmd_doctor(args) -> int:

@@ -194,12 +194,18 @@ def _first(value) -> int:
     return int(max(value) if isinstance(value, list) and value else value or 0)
 
 
+class HeaderIncomplete(ModelFileError):
+    """The bytes given end inside the header (parse_bytes on the start of a file)."""
+
+
 class _Cursor:
-    def __init__(self, buf, path: str):
-        self.buf, self.pos, self.path = buf, 0, path
+    def __init__(self, buf, path: str, partial: bool = False):
+        self.buf, self.pos, self.path, self.partial = buf, 0, path, partial
 
     def need(self, n: int) -> None:
         if n < 0 or self.pos + n > len(self.buf):
+            if self.partial and n >= 0:
+                raise HeaderIncomplete(f"{self.path}: more than {len(self.buf)} bytes of header")
             raise ModelFileError(
                 f"{self.path} is truncated or corrupt (its header runs past the end of the file); download it again"
             )
@@ -289,15 +295,27 @@ def read(path: str) -> GGUFInfo:
         buf.close()
 
 
-def _parse(buf, path: str, size: int, gguf) -> GGUFInfo:
-    cur = _Cursor(buf, path)
+def parse_bytes(data: bytes, name: str) -> GGUFInfo:
+    """Read a header from the first bytes of a file (fetched with a Range request, say).
+    Raises HeaderIncomplete when they end before the header does."""
+    import gguf
+
+    if data[:4] != b"GGUF":
+        raise ModelFileError(f"{name} is not a GGUF model file (it does not start with the GGUF magic bytes)")
+    return _parse(data, name, None, gguf)
+
+
+def _parse(buf, path: str, size: int | None, gguf) -> GGUFInfo:
+    """size: the whole file's, to check the tensors are all there; None for a prefix."""
+    cur = _Cursor(buf, path, partial=size is None)
     cur.pos = 4
     version = cur.scalar("<I")
     if version not in (2, 3):
         raise ModelFileError(f"{path} is GGUF version {version}; roost reads versions 2 and 3")
     n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
     # Every entry takes at least 8 bytes of header: larger counts cannot be honest.
-    if n_tensors > size // 8 or n_kv > size // 8:
+    limit = (size or 2**40) // 8
+    if n_tensors > limit or n_kv > limit:
         raise cur.corrupt(f"{n_tensors} tensors and {n_kv} keys claimed in {size} bytes")
 
     metadata = {}
@@ -328,8 +346,8 @@ def _parse(buf, path: str, size: int, gguf) -> GGUFInfo:
     alignment = int(metadata.get("general.alignment", 32)) or 32
     data_start = -(-cur.pos // alignment) * alignment
     end = max((data_start + t.offset + t.n_bytes for t in infos), default=data_start)
-    if end > size:
+    if size is not None and end > size:
         raise ModelFileError(
             f"{path} is truncated or corrupt (its tensors need {end} bytes, the file has {size}); download it again"
         )
-    return GGUFInfo(path=path, file_bytes=size, version=version, metadata=metadata, tensors=tuple(infos))
+    return GGUFInfo(path=path, file_bytes=size or end, version=version, metadata=metadata, tensors=tuple(infos))

@@ -3,14 +3,79 @@ import pytest
 from roost import catalog
 from roost.errors import RoostError
 
+ENTRY = """
+[models.tiny]
+family = "Tiny"
+params = 1.0e9
+context = 8192
+n_layer = 16
+n_embd = 2048
+n_ff = 8192
+n_head = 32
+n_head_kv = 8
+head_dim = 64
+n_vocab = 32000
+gguf_repo = "someone/Tiny-GGUF"
+gguf = [
+  { quant = "Q8_0", file = "Tiny-Q8_0.gguf", size = 1100000000 },
+  { quant = "Q4_K_M", file = "Tiny-Q4_K_M.gguf", size = 650000000 },
+  { quant = "Q2_K", file = "Tiny-Q2_K-00001-of-00002.gguf", size = 400000000, parts = 2 },
+]
+"""
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text(catalog.CATALOG.read_text() + ENTRY)
+    monkeypatch.setattr(catalog, "CATALOG", path)
+    catalog.models.cache_clear()
+    yield catalog.models()["tiny"]
+    catalog.models.cache_clear()
+
 
 def test_demo_resolves_to_the_bundled_file(demo_gguf):
-    assert catalog.resolve("demo") == demo_gguf
+    assert catalog.resolve("demo").path == demo_gguf
 
 
 def test_paths_pass_through(tmp_path):
-    assert catalog.resolve(str(tmp_path / "x.gguf")) == str(tmp_path / "x.gguf")
-    assert catalog.resolve("local.gguf") == "local.gguf"
+    assert catalog.resolve(str(tmp_path / "x.gguf")).path == str(tmp_path / "x.gguf")
+    assert catalog.resolve("local.gguf").path == "local.gguf"
+
+
+def test_reference_forms(tiny):
+    assert catalog.resolve("tiny").model is tiny
+    assert catalog.resolve("tiny:q4_k_m").quant == "q4_k_m"
+    ref = catalog.resolve("someone/Tiny-GGUF:Q8_0")
+    assert ref.model is tiny and ref.quant == "Q8_0"  # a catalogued repo is the catalog entry
+    ref = catalog.resolve("other/Repo-GGUF:model-Q5_K_M.gguf")
+    assert (ref.repo, ref.file, ref.model) == ("other/Repo-GGUF", "model-Q5_K_M.gguf", None)
+    assert catalog.resolve("other/Repo-GGUF").repo == "other/Repo-GGUF"
+
+
+def test_unknown_quant_names_the_known_ones(tiny):
+    with pytest.raises(RoostError, match="no quant Q5_K_S; it has: Q8_0, Q4_K_M, Q2_K"):
+        catalog.resolve("tiny:Q5_K_S")
+
+
+def test_split_files_list_their_parts(tiny):
+    assert tiny.file_for("Q2_K").files == ["Tiny-Q2_K-00001-of-00002.gguf", "Tiny-Q2_K-00002-of-00002.gguf"]
+
+
+def test_catalog_entries_plan_like_gguf_files(tiny):
+    shape = tiny.shape()
+    assert shape.n_head_kv == (8,) * 16 and shape.kv_elements_per_token == 16 * 8 * 128
+    sizes = [q.file_bytes for q in tiny.quants()]
+    assert sizes == [1100000000, 650000000, 400000000]
+
+
+@pytest.mark.parametrize("name, quant", [
+    ("Llama-3.2-3B-Instruct-Q4_K_M.gguf", "Q4_K_M"), ("qwen2.5-7b-instruct-q8_0.gguf", "Q8_0"),
+    ("Model.IQ3_XXS.gguf", "IQ3_XXS"), ("x-BF16-00001-of-00002.gguf", "BF16"), ("x-f16.gguf", "F16"),
+    ("model.gguf", "?"),
+])
+def test_quant_from_file_name(name, quant):
+    assert catalog.quant_of(name) == quant
 
 
 def test_unknown_name_lists_known_ones():
@@ -23,13 +88,24 @@ def test_missing_package_says_how_to_install():
         catalog.bundled_path("no_such_pkg/x.gguf")
 
 
-def test_broken_catalog_names_the_line(tmp_path, monkeypatch):
-    broken = tmp_path / "models.toml"
-    broken.write_text("[models.a]\nfamily = 'x'\nparams = \n")
-    monkeypatch.setattr(catalog, "CATALOG", broken)
-    catalog.models.cache_clear()
-    try:
-        with pytest.raises(RoostError, match="broken.*line 3"):
-            catalog.resolve("a")
-    finally:
-        catalog.models.cache_clear()
+def test_broken_toml_names_the_line():
+    with pytest.raises(RoostError, match="broken.*line 3"):
+        catalog.parse("[models.a]\nfamily = 'x'\nparams = \n")
+
+
+def test_missing_fields_name_the_entry_and_line():
+    with pytest.raises(RoostError, match=r"line 3, model tiny: missing context"):
+        catalog.parse("# catalog\n\n" + ENTRY.strip().replace("context = 8192\n", ""))
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(RoostError, match="size in bytes"):
+        catalog.parse(ENTRY.replace("size = 1100000000", "size = 'big'"))
+
+
+def test_the_shipped_catalog_is_valid():
+    models = catalog.models()
+    real = [m for m in models.values() if not m.bundled]
+    for m in real:
+        assert m.gguf and all(g.size > 0 for g in m.gguf), m.name
+        assert m.shape().n_layer > 0

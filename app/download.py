@@ -1,0 +1,238 @@
+"""Model files from the Hugging Face Hub, into the standard Hugging Face cache.
+
+huggingface-hub does the transfer: it honours HF_ENDPOINT, HF_HOME, HF_TOKEN and
+HF_HUB_OFFLINE, retries a cut connection with a Range request from where it stopped, and
+deletes its partial file when a download fails or is cancelled. roost adds what it does
+not: a refusal with the numbers before starting when the disk is too small (the Hub
+client only warns), the sha256 check of LFS files against the Hub's record (the client
+checks only the size), progress as events a view can draw, cancellation, and errors in
+one line each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from roost.backends.base import Cancel
+from roost.errors import RoostError
+
+DISK_HEADROOM = 256 * 1024**2  # left free on the disk after a download
+
+
+class DownloadError(RoostError):
+    pass
+
+
+class Cancelled(DownloadError):
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class Progress:
+    filename: str
+    done: int  # bytes
+    total: int | None
+    bytes_per_s: float
+    phase: str = "download"  # "download", then "verify"
+
+    @property
+    def eta_s(self) -> float | None:
+        if not self.total or self.bytes_per_s <= 0:
+            return None
+        return (self.total - self.done) / self.bytes_per_s
+
+
+OnProgress = Callable[[Progress], None]
+
+
+def _hub_errors(repo_id: str, filename: str | None = None):
+    """Map huggingface-hub's exceptions to one-line errors a user can act on."""
+    from huggingface_hub import errors
+
+    where = f"{repo_id}/{filename}" if filename else repo_id
+    return (
+        (errors.GatedRepoError, lambda e: (
+            f"{repo_id} is gated: accept its license on the model page, then log in with "
+            "`hf auth login` or set HF_TOKEN")),
+        (errors.RepositoryNotFoundError, lambda e: (
+            f"no model repository {repo_id} on the Hub (or it is private: log in with `hf auth login` or set HF_TOKEN)")),
+        (errors.RevisionNotFoundError, lambda e: f"{repo_id} has no such revision"),
+        (errors.EntryNotFoundError, lambda e: f"{repo_id} has no file {filename}"),
+        (errors.LocalEntryNotFoundError, lambda e: (
+            f"{where} is not downloaded and the Hub cannot be reached"
+            + (" (HF_HUB_OFFLINE is set)" if _offline() else ""))),
+        (errors.OfflineModeIsEnabled, lambda e: f"{where} is not downloaded and HF_HUB_OFFLINE is set"),
+        (errors.HfHubHTTPError, lambda e: f"the Hub refused {where}: {str(e).splitlines()[0]}"),
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+class _HubCall:
+    """`with _HubCall(repo, file):` turns Hub and network errors into DownloadError."""
+
+    def __init__(self, repo_id: str, filename: str | None = None):
+        self.repo_id, self.filename = repo_id, filename
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None or isinstance(error, RoostError):
+            return False
+        for cls, message in _hub_errors(self.repo_id, self.filename):
+            if isinstance(error, cls):
+                raise DownloadError(message(error)) from None
+        if isinstance(error, (ConnectionError, TimeoutError, OSError)) or type(error).__module__.startswith(("httpx", "requests", "urllib3")):
+            raise DownloadError(f"cannot reach the Hub for {self.repo_id}: {error}") from None
+        return False
+
+
+def _progress_class(filename: str, on_progress: OnProgress | None, cancel: Cancel):
+    """A tqdm for huggingface-hub's `tqdm_class`: forwards progress, and stops the
+    transfer from inside it when cancelled (the client then removes its partial file)."""
+    from tqdm.auto import tqdm
+
+    class Reporter(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True  # roost draws its own progress
+            super().__init__(*args, **kwargs)
+            self._started = time.perf_counter()
+            self._done = 0
+
+        def update(self, n=1):
+            if cancel.is_set():
+                raise Cancelled(f"download of {filename} cancelled; the partial file was removed")
+            self._done += n or 0
+            if on_progress:
+                elapsed = time.perf_counter() - self._started
+                on_progress(Progress(filename, self._done, self.total, self._done / elapsed if elapsed > 0 else 0.0))
+            return super().update(n)
+
+    return Reporter
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    repo_id: str
+    filename: str
+    size: int | None
+    sha256: str | None  # for LFS files: the Hub's record of the content
+    cached_path: str | None  # set when already in the cache
+
+
+def remote_file(repo_id: str, filename: str, revision: str | None = None) -> RemoteFile:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    with _HubCall(repo_id, filename):
+        dry = hf_hub_download(repo_id, filename, revision=revision, dry_run=True)
+        sha = None
+        if not _offline():
+            meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision))
+            etag = (meta.etag or "").strip('"')
+            sha = etag if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) else None
+    return RemoteFile(repo_id, filename, dry.file_size, sha, dry.local_path if dry.is_cached else None)
+
+
+def cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def check_disk(need: int, where: str | None = None) -> None:
+    where = where or cache_dir()
+    probe = where
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "."
+    free = shutil.disk_usage(probe).free
+    if need + DISK_HEADROOM > free:
+        raise DownloadError(
+            f"not enough disk space: the download needs {need / 1e9:.2f} GB and {where} has "
+            f"{free / 1e9:.2f} GB free (roost keeps {DISK_HEADROOM // 1024**2} MiB spare)"
+        )
+
+
+def sha256_of(path: str, on_progress: OnProgress | None = None, cancel: Cancel | None = None) -> str:
+    digest = hashlib.sha256()
+    total = os.path.getsize(path)
+    done, started = 0, time.perf_counter()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("verification cancelled; the downloaded file is kept")
+            digest.update(chunk)
+            done += len(chunk)
+            if on_progress:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                on_progress(Progress(os.path.basename(path), done, total, rate, phase="verify"))
+    return digest.hexdigest()
+
+
+def _remove_cached(path: str) -> None:
+    """Remove a snapshot entry and the blob it points to."""
+    blob = os.path.realpath(path)
+    for p in {path, blob}:
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+
+
+def download(repo_id: str, filename: str, revision: str | None = None, *,
+             on_progress: OnProgress | None = None, cancel: Cancel | None = None) -> str:
+    """Download one file into the HF cache (or find it there) and verify it.
+    Returns the local path."""
+    from huggingface_hub import hf_hub_download
+
+    cancel = cancel or Cancel()
+    remote = remote_file(repo_id, filename, revision)
+    if remote.cached_path:
+        return remote.cached_path
+    check_disk(remote.size or 0)
+    with _HubCall(repo_id, filename):
+        path = hf_hub_download(
+            repo_id, filename, revision=revision,
+            tqdm_class=_progress_class(filename, on_progress, cancel),
+        )
+    if remote.sha256:
+        actual = sha256_of(path, on_progress, cancel)
+        if actual != remote.sha256:
+            _remove_cached(path)
+            raise DownloadError(
+                f"{filename} from {repo_id} failed verification (sha256 {actual[:12]}…, the Hub says "
+                f"{remote.sha256[:12]}…); the file was removed, try again"
+            )
+    return path
+
+
+class ProgressPrinter:
+    """A one-line progress display for the shell, redrawn at most a few times a second."""
+
+    def __init__(self, stream, interval: float = 0.2):
+        self.stream, self.interval, self._last = stream, interval, 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, p: Progress) -> None:
+        now = time.perf_counter()
+        final = p.total is not None and p.done >= p.total
+        if now - self._last < self.interval and not final:
+            return
+        self._last = now
+        with self._lock:
+            total = f"/{p.total / 1e6:,.1f}" if p.total else ""
+            pct = f" {100 * p.done / p.total:5.1f}%" if p.total else ""
+            eta = f" ETA {p.eta_s:,.0f} s" if p.eta_s is not None and not final else ""
+            self.stream.write(f"\r{p.phase} {p.filename}: {p.done / 1e6:,.1f}{total} MB{pct}"
+                              f" at {p.bytes_per_s / 1e6:,.1f} MB/s{eta}\033[K")
+            if final:
+                self.stream.write("\n")
+            self.stream.flush()

@@ -272,6 +272,10 @@ def _model_file(text: str, machine, ctx: int | None, *, yes: bool, can_ask: bool
     ref = catalog.resolve(text)
     if ref.path:
         return ref.path
+    if ref.repo:  # outside the catalog: what is downloaded needs no network to find
+        have = library.find_downloaded(text)
+        if have:
+            return max(have, key=lambda d: d.size).path
     choice = library.choose(ref, machine, ctx or DEFAULT_CTX)
     path = library.cached_path(choice.repo_id, choice.file)
     if path:

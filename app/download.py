@@ -177,7 +177,7 @@ def sha256_of(path: str, on_progress: OnProgress | None = None, cancel: Cancel |
     return digest.hexdigest()
 
 
-def _remove_cached(path: str) -> None:
+def remove_cached(path: str) -> None:
     """Remove a snapshot entry and the blob it points to."""
     blob = os.path.realpath(path)
     for p in {path, blob}:
@@ -206,7 +206,7 @@ def download(repo_id: str, filename: str, revision: str | None = None, *,
     if remote.sha256:
         actual = sha256_of(path, on_progress, cancel)
         if actual != remote.sha256:
-            _remove_cached(path)
+            remove_cached(path)
             raise DownloadError(
                 f"{filename} from {repo_id} failed verification (sha256 {actual[:12]}…, the Hub says "
                 f"{remote.sha256[:12]}…); the file was removed, try again"

@@ -140,10 +140,12 @@ def downloaded() -> list[Downloaded]:
 def remove(ref_text: str) -> list[Downloaded]:
     """Remove downloaded files matching a reference: a catalog name (every quant, or
     name:QUANT), a repo, repo:file, or a path in the cache. Returns what was removed."""
-    matches = _matching(ref_text)
+    matches = find_downloaded(ref_text)
+    if not matches:
+        raise CatalogError(f"{ref_text} is not downloaded (see: roost ls)")
     for d in matches:
         for part in GgufFile(d.quant, d.filename, d.size, _parts(d.filename)).files:
-            _remove_snapshot_file(os.path.join(os.path.dirname(d.path), os.path.basename(part)))
+            download.remove_cached(os.path.join(os.path.dirname(d.path), os.path.basename(part)))
     return matches
 
 
@@ -152,16 +154,8 @@ def _parts(filename: str) -> int:
     return int(m.group(2)) if m else 1
 
 
-def _remove_snapshot_file(path: str) -> None:
-    blob = os.path.realpath(path)
-    for p in (path, blob):
-        try:
-            os.remove(p)
-        except FileNotFoundError:
-            pass
-
-
-def _matching(ref_text: str) -> list[Downloaded]:
+def find_downloaded(ref_text: str) -> list[Downloaded]:
+    """Downloaded files a reference names, without asking the network."""
     have = downloaded()
     path = os.path.realpath(os.path.expanduser(ref_text))
     by_path = [d for d in have if os.path.realpath(d.path) == path or d.path == ref_text]
@@ -176,6 +170,4 @@ def _matching(ref_text: str) -> list[Downloaded]:
         hits = [d for d in hits if d.filename == ref.file]
     elif ref.quant:
         hits = [d for d in hits if d.quant.lower() == ref.quant.lower()]
-    if not hits:
-        raise CatalogError(f"{ref_text} is not downloaded (see: roost ls)")
     return hits

@@ -10,16 +10,20 @@ from shapes import (LLAMA_3B, LLAMA_3B_QUANTS, LLAMA_8B, LLAMA_8B_QUANTS, LLAMA_
 from test_hardware import recorded
 
 
-@pytest.mark.parametrize("n_ctx", [512, 2048, 8192])
-def test_estimate_matches_llama_cpp_buffers(demo_gguf, n_ctx):
-    info = gguf_info.read(demo_gguf)
+def estimate_and_buffers(path: str, n_ctx: int):
+    """roost's estimate for a file, and what llama.cpp reports allocating for it."""
+    info = gguf_info.read(path)
     shape = fit.Shape.from_gguf(info)
-    est = fit.estimate(shape, fit.Quant.from_gguf(info, shape), n_ctx)
-    engine = load(demo_gguf, Plan(n_ctx=n_ctx))
+    engine = load(path, Plan(n_ctx=n_ctx))
     try:
-        buffers = engine.memory().buffers
+        return fit.estimate(shape, fit.Quant.from_gguf(info, shape), n_ctx), engine.memory().buffers
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("n_ctx", [512, 2048, 8192])
+def test_estimate_matches_llama_cpp_buffers(demo_gguf, n_ctx):
+    est, buffers = estimate_and_buffers(demo_gguf, n_ctx)
     assert est.kv == buffers["kv"]  # exact: the formula is the cache's layout
     assert abs(est.weights - buffers["model"]) < 2**20
     assert 0.95 < est.compute_reserved / buffers["compute"] < 1.05
@@ -118,14 +122,7 @@ def synthetic(request, demo_gguf, tmp_path_factory):
 
 @pytest.mark.parametrize("n_ctx", [512, 8192])
 def test_estimate_holds_for_other_shapes(synthetic, n_ctx):
-    info = gguf_info.read(synthetic)
-    shape = fit.Shape.from_gguf(info)
-    est = fit.estimate(shape, fit.Quant.from_gguf(info, shape), n_ctx)
-    engine = load(synthetic, Plan(n_ctx=n_ctx))
-    try:
-        buffers = engine.memory().buffers
-    finally:
-        engine.close()
+    est, buffers = estimate_and_buffers(synthetic, n_ctx)
     assert est.kv == buffers["kv"]
     assert abs(est.weights - buffers["model"]) < 2**20
     assert 0.92 < est.compute_reserved / buffers["compute"] < 1.08

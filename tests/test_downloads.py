@@ -1,0 +1,187 @@
+"""pull / ls / rm / run against a real HTTP Hub stand-in on 127.0.0.1."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from gguf_files import synthetic_llama
+from hub_server import HubServer
+from roost import catalog
+
+NAME = "smollm2-135m"  # a catalog entry, served by the stand-in under its real repo and file names
+TINY_REPO = "roost-test/Tiny-GGUF"  # a repo the catalog does not know
+GATED_REPO = "roost-test/Gated-GGUF"
+
+
+@pytest.fixture(scope="module")
+def hub_root(tmp_path_factory, demo_gguf):
+    root = tmp_path_factory.mktemp("hub")
+    entry = catalog.models()[NAME]
+    repo = root.joinpath(*entry.gguf_repo.split("/"))
+    repo.mkdir(parents=True)
+    for g in entry.gguf:  # every quant of the entry is the real SmolLM2 file
+        os.symlink(demo_gguf, repo / g.file)
+    tiny = root.joinpath(*TINY_REPO.split("/"))
+    tiny.mkdir(parents=True)
+    os.symlink(demo_gguf, tiny / "Tiny-Q4_1.gguf")
+    synthetic_llama(demo_gguf, str(tiny / "Tiny-Q8_0.gguf"), n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512)
+    gated = root.joinpath(*GATED_REPO.split("/"))
+    gated.mkdir(parents=True)
+    os.symlink(demo_gguf, gated / "Gated-Q4_1.gguf")
+    return root
+
+
+@pytest.fixture
+def hub(hub_root):
+    with HubServer(str(hub_root)) as server:
+        server.gated.add(GATED_REPO)
+        server.tokens.add("hf_good_token")
+        yield server
+
+
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path / "hf-home"
+
+
+def roost_hub(hub, home, *args, env=None, timeout=180):
+    full_env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}  # only the token a test gives
+    full_env.update({"HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1",
+                     "HF_HUB_DISABLE_TELEMETRY": "1", **(env or {})})
+    return subprocess.run([sys.executable, "-m", "roost", *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, cwd=ROOT, env=full_env)
+
+
+def one_line(result, *needles):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("roost: error: ") and "Traceback" not in result.stderr, result.stderr
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+    return lines[-1]
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_pull_by_name_then_run_ls_rm(hub, home, demo_gguf):
+    pulled = roost_hub(hub, home, "pull", NAME, "--yes")
+    assert pulled.returncode == 0, pulled.stderr
+    path = pulled.stdout.strip().splitlines()[-1]
+    assert path.startswith(str(home)) and sha256(path) == sha256(demo_gguf)
+    assert "pick:" in pulled.stderr  # the planner's choice was shown before downloading
+
+    ran = roost_hub(hub, home, "run", NAME, "What is the capital of Japan?", "--temperature", "0", "-n", "20",
+                    env={"HF_HUB_OFFLINE": "1"})
+    assert ran.returncode == 0 and "Tokyo" in ran.stdout, ran.stderr
+
+    listed = json.loads(roost_hub(hub, home, "ls", "--json").stdout)
+    assert [(d["name"], d["path"]) for d in listed] == [(NAME, path)]
+    assert listed[0]["fits"] == "full"
+
+    removed = roost_hub(hub, home, "rm", NAME)
+    assert removed.returncode == 0 and "removed" in removed.stdout
+    assert not os.path.exists(path)
+    assert json.loads(roost_hub(hub, home, "ls", "--json").stdout) == []
+
+
+def test_pull_any_repo_reads_the_header_remotely_to_pick(hub, home):
+    pulled = roost_hub(hub, home, "pull", TINY_REPO, "--yes")
+    assert pulled.returncode == 0, pulled.stderr
+    assert "Q4_1" in pulled.stderr and "Q8_0" in pulled.stderr  # both ranked
+    assert any(m == "GET" and "range" in {k.lower() for k in h} for m, _, h in hub.requests)
+    by_file = roost_hub(hub, home, "pull", f"{TINY_REPO}:Tiny-Q8_0.gguf", "--yes")
+    assert by_file.returncode == 0 and by_file.stdout.strip().endswith("Tiny-Q8_0.gguf")
+
+
+def test_cut_connection_is_resumed(hub, home, demo_gguf):
+    entry = catalog.models()[NAME]
+    hub.cut_after(entry.gguf[0].file, os.path.getsize(demo_gguf) // 2)
+    pulled = roost_hub(hub, home, "pull", f"{NAME}:{entry.gguf[0].quant}", "--yes")
+    assert pulled.returncode == 0, pulled.stderr
+    assert sha256(pulled.stdout.strip().splitlines()[-1]) == sha256(demo_gguf)
+    ranges = [h for m, p, h in hub.requests if m == "GET" and p.endswith(entry.gguf[0].file)
+              and any(k.lower() == "range" for k in h)]
+    assert ranges, "the second request resumed with a Range header"
+
+
+def test_wrong_checksum_is_refused_and_removed(hub, home):
+    entry = catalog.models()[NAME]
+    hub.corrupt(entry.gguf[0].file)
+    line = one_line(roost_hub(hub, home, "pull", f"{NAME}:{entry.gguf[0].quant}", "--yes"), "failed verification")
+    assert "removed" in line
+    assert json.loads(roost_hub(hub, home, "ls", "--json").stdout) == []
+    leftovers = [f for _, _, files in os.walk(home) for f in files if f.endswith((".incomplete", ".gguf"))]
+    assert leftovers == []
+
+
+def test_missing_repo_and_file(hub, home):
+    one_line(roost_hub(hub, home, "pull", "nobody/Nothing-GGUF", "--yes"), "no model repository nobody/Nothing-GGUF")
+    one_line(roost_hub(hub, home, "pull", f"{TINY_REPO}:Tiny-Q2_K.gguf", "--yes"), "has no file Tiny-Q2_K.gguf")
+
+
+def test_gated_repo_says_how_to_log_in_and_works_with_a_token(hub, home):
+    one_line(roost_hub(hub, home, "pull", GATED_REPO, "--yes"), "gated", "HF_TOKEN")
+    ok = roost_hub(hub, home, "pull", GATED_REPO, "--yes", env={"HF_TOKEN": "hf_good_token"})
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_offline_uses_the_cache_and_says_when_it_cannot(hub, home):
+    one_line(roost_hub(hub, home, "pull", NAME, "--yes", env={"HF_HUB_OFFLINE": "1"}), "HF_HUB_OFFLINE")
+    assert roost_hub(hub, home, "pull", NAME, "--yes").returncode == 0
+    before = len(hub.requests)
+    again = roost_hub(hub, home, "pull", NAME, "--yes", env={"HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 0 and again.stdout.strip().startswith(str(home))
+    assert len(hub.requests) == before  # nothing asked of the network
+
+
+def test_run_asks_before_downloading(hub, home):
+    one_line(roost_hub(hub, home, "run", NAME, "hi"), f"roost pull {NAME}", "--yes")
+    ran = roost_hub(hub, home, "run", NAME, "What is the capital of Japan?", "--yes", "--temperature", "0", "-n", "20")
+    assert ran.returncode == 0 and "Tokyo" in ran.stdout, ran.stderr
+
+
+def in_process(hub, home, monkeypatch):
+    """huggingface-hub reads HF_ENDPOINT and HF_HOME at import: in-process tests import it
+    afresh under the stand-in's settings."""
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    for name in [m for m in sys.modules if m.startswith("huggingface_hub")]:
+        monkeypatch.delitem(sys.modules, name)
+    from roost import library
+
+    return library
+
+
+def test_disk_space_is_checked_before_any_download(hub, home, monkeypatch):
+    import shutil
+
+    from roost.download import DownloadError
+
+    library = in_process(hub, home, monkeypatch)
+    entry = catalog.models()[NAME]
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
+    with pytest.raises(DownloadError, match=r"needs 0\.\d+ GB and .* has 0\.00 GB free"):
+        library.pull(entry.gguf_repo, entry.gguf[0])
+    assert not [r for r in hub.requests if r[0] == "GET" and r[1].endswith(".gguf")]
+
+
+def test_cancel_removes_the_partial_file(hub, home, monkeypatch):
+    from roost.backends.base import Cancel
+    from roost.download import Cancelled
+
+    library = in_process(hub, home, monkeypatch)
+    entry = catalog.models()[NAME]
+    cancel = Cancel()
+    with pytest.raises(Cancelled):
+        library.pull(entry.gguf_repo, entry.gguf[0], on_progress=lambda p: cancel.set(), cancel=cancel)
+    leftovers = [f for _, _, files in os.walk(home) for f in files if f.endswith((".incomplete", ".gguf"))]
+    assert leftovers == []

@@ -63,11 +63,12 @@ def _hub_errors(repo_id: str, filename: str | None = None):
         (errors.RepositoryNotFoundError, lambda e: (
             f"no model repository {repo_id} on the Hub (or it is private: log in with `hf auth login` or set HF_TOKEN)")),
         (errors.RevisionNotFoundError, lambda e: f"{repo_id} has no such revision"),
-        (errors.EntryNotFoundError, lambda e: f"{repo_id} has no file {filename}"),
+        # Before EntryNotFoundError: "not in the local cache" is one of its kinds.
         (errors.LocalEntryNotFoundError, lambda e: (
             f"{where} is not downloaded and the Hub cannot be reached"
             + (" (HF_HUB_OFFLINE is set)" if _offline() else ""))),
         (errors.OfflineModeIsEnabled, lambda e: f"{where} is not downloaded and HF_HUB_OFFLINE is set"),
+        (errors.EntryNotFoundError, lambda e: f"{repo_id} has no file {filename}"),
         (errors.HfHubHTTPError, lambda e: f"the Hub refused {where}: {str(e).splitlines()[0]}"),
     )
 

@@ -188,6 +188,56 @@ def remove_cached(path: str) -> None:
             pass
 
 
+class _TailHasher(threading.Thread):
+    """Hashes the file huggingface-hub is writing while it writes it, so verifying costs
+    no time after the last byte. The client writes sequentially (a resume appends), so
+    reading behind it sees exactly the final bytes; anything unexpected is settled by
+    hashing the finished file again."""
+
+    def __init__(self, blobs_dir: str, sha256: str):
+        super().__init__(daemon=True)
+        self.blobs_dir, self.prefix = blobs_dir, sha256
+        self.finished = threading.Event()
+        self.digest = hashlib.sha256()
+        self.hashed = 0
+
+    def _incomplete(self) -> str | None:
+        try:
+            names = [n for n in os.listdir(self.blobs_dir) if n.startswith(self.prefix) and n.endswith(".incomplete")]
+        except FileNotFoundError:
+            return None
+        return os.path.join(self.blobs_dir, names[0]) if len(names) == 1 else None
+
+    def run(self) -> None:
+        path = None
+        while path is None:
+            if self.finished.is_set():
+                return
+            path = self._incomplete()
+            time.sleep(0.005)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return
+        with f:  # still readable after the client renames it into place
+            while True:
+                chunk = f.read(4 * 1024 * 1024)
+                if chunk:
+                    self.digest.update(chunk)
+                    self.hashed += len(chunk)
+                elif self.finished.is_set():
+                    if not (chunk := f.read()):
+                        return
+                    self.digest.update(chunk)
+                    self.hashed += len(chunk)
+                else:
+                    time.sleep(0.005)
+
+
+def _blobs_dir(repo_id: str) -> str:
+    return os.path.join(cache_dir(), "models--" + repo_id.replace("/", "--"), "blobs")
+
+
 def download(repo_id: str, filename: str, revision: str | None = None, *,
              on_progress: OnProgress | None = None, cancel: Cancel | None = None) -> str:
     """Download one file into the HF cache (or find it there) and verify it.
@@ -199,13 +249,25 @@ def download(repo_id: str, filename: str, revision: str | None = None, *,
     if remote.cached_path:
         return remote.cached_path
     check_disk(remote.size or 0)
-    with _HubCall(repo_id, filename):
-        path = hf_hub_download(
-            repo_id, filename, revision=revision,
-            tqdm_class=_progress_class(filename, on_progress, cancel),
-        )
+    # Windows cannot rename a file another handle holds open: hash afterwards there.
+    tail = _TailHasher(_blobs_dir(repo_id), remote.sha256) if remote.sha256 and os.name != "nt" else None
+    if tail:
+        tail.start()
+    try:
+        with _HubCall(repo_id, filename):
+            path = hf_hub_download(
+                repo_id, filename, revision=revision,
+                tqdm_class=_progress_class(filename, on_progress, cancel),
+            )
+    finally:
+        if tail:
+            tail.finished.set()
+            tail.join()
     if remote.sha256:
-        actual = sha256_of(path, on_progress, cancel)
+        size = os.path.getsize(path)
+        actual = tail.digest.hexdigest() if tail and tail.hashed == size else None
+        if actual != remote.sha256:
+            actual = sha256_of(path, on_progress, cancel)  # settle it on the finished file
         if actual != remote.sha256:
             remove_cached(path)
             raise DownloadError(

@@ -75,3 +75,19 @@ def test_doctor_measures_bandwidth_and_fit_uses_it(tmp_path):
     assert list(saved.values())[0] > 0.5
     out = json.loads(roost("fit", "demo", "--json", env=env).stdout)
     assert out["options"][0]["ceiling_tps"] > 0
+
+
+def test_fit_a_catalog_model_from_its_listed_sizes():
+    out = json.loads(roost("fit", "smollm2-135m", "--json", machine="rtx4090.json").stdout)
+    assert [o["quant"] for o in out["options"]] == ["F16", "Q8_0", "Q4_K_M"]
+    assert out["pick"] == "Q8_0" and all(o["fit"] == "full" for o in out["options"])
+
+
+def test_search_shows_what_fits_here():
+    out = json.loads(roost("search", "smollm2", "--json", machine="m1_8gb.json").stdout)
+    assert [m["name"] for m in out] == ["smollm2-135m"]
+    assert out[0]["fits"] == "full" and out[0]["pick"] and out[0]["ceiling_tps"] > 0
+    table = roost("search", "--ctx", "2048", machine="cpu_only.json")
+    assert table.returncode == 0 and "smollm2-135m" in table.stdout
+    nothing = roost("search", "no-such-model-anywhere")
+    assert nothing.returncode == 1 and "nothing in the catalog matches" in nothing.stdout

@@ -185,3 +185,17 @@ def test_cancel_removes_the_partial_file(hub, home, monkeypatch):
         library.pull(entry.gguf_repo, entry.gguf[0], on_progress=lambda p: cancel.set(), cancel=cancel)
     leftovers = [f for _, _, files in os.walk(home) for f in files if f.endswith((".incomplete", ".gguf"))]
     assert leftovers == []
+
+
+def test_split_files_are_listed_as_one(hub, home, monkeypatch, hub_root):
+    split = hub_root / "roost-test" / "Split-GGUF"
+    split.mkdir(exist_ok=True)
+    for i in (1, 2):
+        (split / f"Big-Q8_0-0000{i}-of-00002.gguf").write_bytes(b"GGUF" + bytes(1000 * i))
+    (split / "Big-Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(500))
+    (split / "mmproj-f16.gguf").write_bytes(b"GGUF")  # a vision projector, not a model
+    in_process(hub, home, monkeypatch)
+    files = {f.quant: f for f in catalog.list_repo_gguf("roost-test/Split-GGUF")}
+    assert set(files) == {"Q8_0", "Q4_K_M"}
+    assert files["Q8_0"].parts == 2 and files["Q8_0"].size == 2 * 4 + 3000
+    assert files["Q8_0"].files == ["Big-Q8_0-00001-of-00002.gguf", "Big-Q8_0-00002-of-00002.gguf"]

@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from hub_stand_in import HubServer
+    from hub_server import HubServer
 
     work = tempfile.mkdtemp(prefix="roost-bench-")
     repo_dir = os.path.join(work, "hub", *REPO.split("/"))

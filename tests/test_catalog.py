@@ -106,6 +106,9 @@ def test_bad_sizes_are_refused():
 def test_the_shipped_catalog_is_valid():
     models = catalog.models()
     real = [m for m in models.values() if not m.bundled]
+    assert len(real) >= 15
+    assert min(m.params for m in real) < 0.2e9 and max(m.params for m in real) > 60e9
+    assert any(m.arch.get("n_expert") for m in real) and {"chat", "code"} <= {m.kind for m in real}
     for m in real:
         assert m.gguf and all(g.size > 0 for g in m.gguf), m.name
         assert m.shape().n_layer > 0

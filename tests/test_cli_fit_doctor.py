@@ -85,8 +85,12 @@ def test_fit_a_catalog_model_from_its_listed_sizes():
 
 def test_search_shows_what_fits_here():
     out = json.loads(roost("search", "smollm2", "--json", machine="m1_8gb.json").stdout)
-    assert [m["name"] for m in out] == ["smollm2-135m"]
-    assert out[0]["fits"] == "full" and out[0]["pick"] and out[0]["ceiling_tps"] > 0
+    assert [m["name"] for m in out] == ["smollm2-135m", "smollm2-360m", "smollm2-1.7b"]
+    assert all(m["fits"] == "full" and m["pick"] and m["ceiling_tps"] > 0 for m in out)
+    # Bigger models read more bytes a token: slower ceilings on the same machine.
+    assert out[0]["ceiling_tps"] > out[1]["ceiling_tps"] > out[2]["ceiling_tps"]
+    big = json.loads(roost("search", "qwen2.5-32b", "--json", machine="m1_8gb.json").stdout)
+    assert big[0]["fits"] == "no" and big[0]["pick"] is None
     table = roost("search", "--ctx", "2048", machine="cpu_only.json")
     assert table.returncode == 0 and "smollm2-135m" in table.stdout
     nothing = roost("search", "no-such-model-anywhere")

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 from gguf_files import synthetic_llama
-from hub_stand_in import HubServer
+from hub_server import HubServer
 from roost import catalog
 
 NAME = "smollm2-135m"  # a catalog entry, served by the stand-in under its real repo and file names

@@ -238,6 +238,28 @@ def _blobs_dir(repo_id: str) -> str:
     return os.path.join(cache_dir(), "models--" + repo_id.replace("/", "--"), "blobs")
 
 
+def remove_orphans(repo_id: str, sha256: str) -> list[str]:
+    """Partial files a killed download left behind. huggingface-hub removes its partial
+    file when a download fails in-process, but not after a kill, and never resumes from
+    one; it holds a lock while downloading, so a free lock means they are orphans."""
+    from filelock import FileLock, Timeout
+
+    blobs = _blobs_dir(repo_id)
+    try:
+        names = [n for n in os.listdir(blobs) if n.startswith(sha256) and n.endswith(".incomplete")]
+    except FileNotFoundError:
+        return []
+    lock = os.path.join(cache_dir(), ".locks", "models--" + repo_id.replace("/", "--"), f"{sha256}.lock")
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    try:
+        with FileLock(lock, timeout=0):
+            for n in names:
+                os.remove(os.path.join(blobs, n))
+    except Timeout:
+        return []  # another process is downloading it right now
+    return names
+
+
 def download(repo_id: str, filename: str, revision: str | None = None, *,
              on_progress: OnProgress | None = None, cancel: Cancel | None = None) -> str:
     """Download one file into the HF cache (or find it there) and verify it.
@@ -248,6 +270,8 @@ def download(repo_id: str, filename: str, revision: str | None = None, *,
     remote = remote_file(repo_id, filename, revision)
     if remote.cached_path:
         return remote.cached_path
+    if remote.sha256:
+        remove_orphans(repo_id, remote.sha256)
     check_disk(remote.size or 0)
     # Windows cannot rename a file another handle holds open: hash afterwards there.
     tail = _TailHasher(_blobs_dir(repo_id), remote.sha256) if remote.sha256 and os.name != "nt" else None

@@ -199,3 +199,28 @@ def test_split_files_are_listed_as_one(hub, home, monkeypatch, hub_root):
     assert set(files) == {"Q8_0", "Q4_K_M"}
     assert files["Q8_0"].parts == 2 and files["Q8_0"].size == 2 * 4 + 3000
     assert files["Q8_0"].files == ["Big-Q8_0-00001-of-00002.gguf", "Big-Q8_0-00002-of-00002.gguf"]
+
+
+def test_a_killed_download_leaves_nothing_behind_for_long(hub, home, demo_gguf):
+    entry = catalog.models()[NAME]
+    gguf = entry.gguf[0]
+    hub.stall_after(gguf.file, 20 * 1024 * 1024)
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "roost", "pull", f"{NAME}:{gguf.quant}", "--yes"], env=env,
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = []
+    for _ in range(300):  # until the stalled transfer has written its partial file
+        partial = [os.path.join(d, f) for d, _, fs in os.walk(home) for f in fs if f.endswith(".incomplete")]
+        if partial and os.path.getsize(partial[0]) > 0:
+            break
+        proc.poll()
+        __import__("time").sleep(0.1)
+    proc.kill()  # as kill -9 would: no cleanup runs
+    proc.wait()
+    hub.release()
+    assert partial and os.path.exists(partial[0])
+    again = roost_hub(hub, home, "pull", f"{NAME}:{gguf.quant}", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert not os.path.exists(partial[0])
+    assert sha256(again.stdout.strip().splitlines()[-1]) == sha256(demo_gguf)

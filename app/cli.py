@@ -10,7 +10,7 @@ import argparse
 import json
 import signal
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from roost import __version__
 from roost.errors import RoostError, UsageError
@@ -144,12 +144,13 @@ def _read_prompt(argument: str) -> str:
     return prompt
 
 
-def _context(requested: int | None, info) -> int:
-    limit = info.n_ctx_train or requested or DEFAULT_CTX
+def _context(requested: int | None, name: str, trained: int) -> int:
+    """The context to plan and load: as asked, within what the model was trained on."""
+    limit = trained or requested or DEFAULT_CTX
     if requested is None:
         return min(DEFAULT_CTX, limit)
     if requested > limit:
-        raise UsageError(f"--ctx {requested} is more than {info.name} allows: at most {limit} tokens")
+        raise UsageError(f"--ctx {requested} is more than {name} allows: at most {limit} tokens")
     return requested
 
 
@@ -168,7 +169,7 @@ def cmd_run(args) -> int:
     machine = hardware.detect(gpus=offload)
     path = _model_file(args.model, machine, args.ctx, yes=args.yes, can_ask=sys.stdin is not None and sys.stdin.isatty())
     info = gguf_info.read(path)
-    n_ctx = _context(args.ctx, info)
+    n_ctx = _context(args.ctx, info.name, info.n_ctx_train)
     plan, _ = fit.plan_file(info, n_ctx, machine, offload, args.gpu_layers)
     if args.threads:
         plan = replace(plan, n_threads=args.threads)
@@ -240,7 +241,7 @@ def cmd_fit(args) -> int:
         limit = shape.n_ctx_train
     else:
         raise UsageError("give one catalog name or Hub repo, or several local .gguf files of one model")
-    n_ctx = _context(args.ctx, _Limit(name, limit))
+    n_ctx = _context(args.ctx, name, limit)
     ranking = fit.rank(shape, quants, n_ctx, machine, use_gpu=not args.cpu)
     if args.json:
         b = ranking.budget
@@ -256,12 +257,6 @@ def cmd_fit(args) -> int:
     else:
         print(report.ranking(name, shape, ranking))
     return 0 if ranking.pick else 1
-
-
-@dataclass(frozen=True)
-class _Limit:
-    name: str
-    n_ctx_train: int
 
 
 def _model_file(text: str, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:

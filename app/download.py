@@ -92,8 +92,10 @@ class _HubCall:
         for cls, message in _hub_errors(self.repo_id, self.filename):
             if isinstance(error, cls):
                 raise DownloadError(message(error)) from None
-        if isinstance(error, (ConnectionError, TimeoutError, OSError)) or type(error).__module__.startswith(("httpx", "requests", "urllib3")):
+        if isinstance(error, (ConnectionError, TimeoutError)) or type(error).__module__.startswith(("httpx", "requests", "urllib3")):
             raise DownloadError(f"cannot reach the Hub for {self.repo_id}: {error}") from None
+        if isinstance(error, OSError):  # the disk filled up, or the client's size check failed
+            raise DownloadError(f"downloading {self.filename or self.repo_id} failed: {error.strerror or error}") from None
         return False
 
 
@@ -299,27 +301,3 @@ def download(repo_id: str, filename: str, revision: str | None = None, *,
                 f"{remote.sha256[:12]}…); the file was removed, try again"
             )
     return path
-
-
-class ProgressPrinter:
-    """A one-line progress display for the shell, redrawn at most a few times a second."""
-
-    def __init__(self, stream, interval: float = 0.2):
-        self.stream, self.interval, self._last = stream, interval, 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self, p: Progress) -> None:
-        now = time.perf_counter()
-        final = p.total is not None and p.done >= p.total
-        if now - self._last < self.interval and not final:
-            return
-        self._last = now
-        with self._lock:
-            total = f"/{p.total / 1e6:,.1f}" if p.total else ""
-            pct = f" {100 * p.done / p.total:5.1f}%" if p.total else ""
-            eta = f" ETA {p.eta_s:,.0f} s" if p.eta_s is not None and not final else ""
-            self.stream.write(f"\r{p.phase} {p.filename}: {p.done / 1e6:,.1f}{total} MB{pct}"
-                              f" at {p.bytes_per_s / 1e6:,.1f} MB/s{eta}\033[K")
-            if final:
-                self.stream.write("\n")
-            self.stream.flush()

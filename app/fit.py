@@ -12,7 +12,7 @@ and are marked as not yet measured where they are.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from roost.hardware import GiB, Machine
 
@@ -358,7 +358,6 @@ class Ranking:
     reason: str
     budget: Budget
     n_ctx: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def rank(shape: Shape, quants: list[Quant], n_ctx: int, machine: Machine, use_gpu: bool = True) -> Ranking:

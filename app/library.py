@@ -26,23 +26,35 @@ def remote_shape(repo_id: str, filename: str) -> fit.Shape:
     """A model's shape from the header of a file still on the Hub, read with HTTP Range
     requests: what an uncatalogued repo needs for the fit planner."""
     from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, get_session
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
     from roost import gguf_info
 
     size = HEADER_PROBE
     with download._HubCall(repo_id, filename):
         while True:
-            headers = {**build_hf_headers(), "Range": f"bytes=0-{size - 1}"}
-            response = get_session().get(hf_hub_url(repo_id, filename), headers=headers, follow_redirects=True)
-            response.raise_for_status()
+            data = _first_bytes(get_session(), hf_hub_url(repo_id, filename), build_hf_headers(), size,
+                                hf_raise_for_status)
             try:
-                info = gguf_info.parse_bytes(response.content, f"{repo_id}/{filename}")
-                return fit.Shape.from_gguf(info)
+                return fit.Shape.from_gguf(gguf_info.parse_bytes(data, f"{repo_id}/{filename}"))
             except gguf_info.HeaderIncomplete:
-                if len(response.content) < size or size >= 256 * 1024**2:
+                if len(data) < size or size >= 256 * 1024**2:
                     raise CatalogError(f"cannot read the GGUF header of {repo_id}/{filename}") from None
                 size *= 4
+
+
+def _first_bytes(session, url: str, headers: dict, n: int, raise_for_status) -> bytes:
+    """At most n bytes from the start of url: asked for with Range, and cut off here
+    too, in case a server ignores Range and sends the whole file."""
+    chunks, got = [], 0
+    with session.stream("GET", url, headers={**headers, "Range": f"bytes=0-{n - 1}"}, follow_redirects=True) as r:
+        raise_for_status(r)  # the Hub's own errors (gated, not found) keep their meaning
+        for chunk in r.iter_bytes():
+            chunks.append(chunk)
+            got += len(chunk)
+            if got >= n:
+                break
+    return b"".join(chunks)[:n]
 
 
 def choose(ref: Ref, machine, n_ctx: int) -> Choice:

@@ -58,9 +58,8 @@ class _Log:
         *complete, self._partial = self._partial.split("\n")
         self.lines.extend((self._level, line) for line in complete if line.strip())
 
-    def mark(self) -> int:
+    def clear(self) -> None:
         self.lines.clear()
-        return 0
 
     def errors(self) -> list[str]:
         return [line for level, line in self.lines if level == _LEVEL_ERROR]
@@ -109,7 +108,7 @@ class LlamaCppEngine:
         gguf_info.check_file(model_path)
         self.model_path = model_path
         self.plan = plan
-        _LOG.mark()
+        _LOG.clear()
         try:
             self._llm = llama_cpp.Llama(
                 model_path=model_path,

@@ -224,3 +224,15 @@ def test_a_killed_download_leaves_nothing_behind_for_long(hub, home, demo_gguf):
     assert again.returncode == 0, again.stderr
     assert not os.path.exists(partial[0])
     assert sha256(again.stdout.strip().splitlines()[-1]) == sha256(demo_gguf)
+
+
+def test_gated_repo_refuses_the_remote_header_read_too(hub, home, hub_root, demo_gguf):
+    gated = hub_root / "roost-test" / "Gated-Multi-GGUF"
+    gated.mkdir(exist_ok=True)
+    for name in ("Multi-Q4_1.gguf", "Multi-Q8_0.gguf"):
+        if not (gated / name).exists():
+            os.symlink(demo_gguf, gated / name)
+    hub.gated.add("roost-test/Gated-Multi-GGUF")
+    one_line(roost_hub(hub, home, "fit", "roost-test/Gated-Multi-GGUF"), "gated", "HF_TOKEN")
+    ok = roost_hub(hub, home, "fit", "roost-test/Gated-Multi-GGUF", "--json", env={"HF_TOKEN": "hf_good_token"})
+    assert ok.returncode == 0 and len(json.loads(ok.stdout)["options"]) == 2, ok.stderr

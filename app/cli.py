@@ -104,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)
 
+    chat = commands.add_parser("chat", help="chat in the terminal app", description="Open the chat app on a model.")
+    chat.add_argument("model", metavar="MODEL", help="a .gguf file, a catalog name, a Hub repo, or demo")
+    chat.add_argument("-s", "--system", help="system prompt")
+    chat.add_argument("-t", "--temperature", type=_non_negative_float, default=0.8)
+    chat.add_argument("--seed", type=int)
+    chat.add_argument("-c", "--ctx", type=_positive_int, help=f"context window in tokens (default: {DEFAULT_CTX})")
+    chat.add_argument("--threads", type=_positive_int)
+    chat.add_argument("--gpu-layers", type=int)
+    chat.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
+    chat.set_defaults(handler=cmd_chat)
+
     doctor = commands.add_parser("doctor", help="check this machine and roost's engines", description="The machine, the engines that can run here, and fixes for common mismatches.")
     doctor.add_argument("--measure", action="store_true", help="measure CPU memory bandwidth (a few seconds) and keep it for speed predictions")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -157,22 +168,13 @@ def _context(requested: int | None, name: str, trained: int) -> int:
 def cmd_run(args) -> int:
     import time
 
-    from roost import fit, gguf_info, hardware, report
+    from roost import report
     from roost.backends import load
     from roost.backends.base import Cancel, Done, Params
     from roost.session import Session
 
     prompt = _read_prompt(args.prompt)
-    offload = _llama_can_offload()
-    if args.gpu_layers and not offload:
-        raise UsageError("--gpu-layers needs a GPU build of llama-cpp-python, and this one is CPU only (see: roost doctor)")
-    machine = hardware.detect(gpus=offload)
-    path = _model_file(args.model, machine, args.ctx, yes=args.yes, can_ask=sys.stdin is not None and sys.stdin.isatty())
-    info = gguf_info.read(path)
-    n_ctx = _context(args.ctx, info.name, info.n_ctx_train)
-    plan, _ = fit.plan_file(info, n_ctx, machine, offload, args.gpu_layers)
-    if args.threads:
-        plan = replace(plan, n_threads=args.threads)
+    path, _, plan = _loading_plan(args)
     loading = time.perf_counter()
     engine = load(path, plan)
     load_s = time.perf_counter() - loading
@@ -206,6 +208,36 @@ def cmd_run(args) -> int:
         print(report.stats_line(done.stats), file=sys.stderr)
     engine.close()
     return EXIT_INTERRUPTED if done.stats.stop_reason == "cancelled" else 0
+
+
+def _loading_plan(args):
+    """The file and load plan for run and chat: resolved, pulled if need be, and checked
+    to fit before anything is loaded."""
+    from roost import fit, gguf_info, hardware
+
+    offload = _llama_can_offload()
+    if args.gpu_layers and not offload:
+        raise UsageError("--gpu-layers needs a GPU build of llama-cpp-python, and this one is CPU only (see: roost doctor)")
+    machine = hardware.detect(gpus=offload)
+    path = _model_file(args.model, machine, args.ctx, yes=args.yes, can_ask=sys.stdin is not None and sys.stdin.isatty())
+    info = gguf_info.read(path)
+    n_ctx = _context(args.ctx, info.name, info.n_ctx_train)
+    plan, _ = fit.plan_file(info, n_ctx, machine, offload, args.gpu_layers)
+    if args.threads:
+        plan = replace(plan, n_threads=args.threads)
+    return path, info, plan
+
+
+def cmd_chat(args) -> int:
+    from roost.backends import load
+    from roost.backends.base import Params
+    from roost.tui.app import RoostApp
+
+    path, info, plan = _loading_plan(args)
+    app = RoostApp(lambda: load(path, plan), info.name, Params(temperature=args.temperature, seed=args.seed),
+                   system=args.system)
+    app.run()
+    return 0
 
 
 def _llama_can_offload() -> bool:

@@ -91,7 +91,18 @@ class Stats:
 
 @dataclass(frozen=True)
 class Token:
+    """A piece of the answer, with the engine's clock at that token, so that a view can
+    show live speed without timing anything itself."""
+
     text: str
+    generated: int = 0  # tokens generated so far, this one included
+    decode_s: float = 0.0  # since the first token
+    ttft_s: float = 0.0
+    prompt_tokens: int = 0
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.generated - 1) / self.decode_s if self.generated > 1 and self.decode_s > 0 else 0.0
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ class LlamaCppEngine:
             piece, stopped = stops.feed(decoder.decode(llm.detokenize([token])))
             if piece:
                 text.append(piece)
-                yield Token(piece)
+                yield clock.stamp(piece, generated, len(prompt))
             if stopped:
                 reason = "stop"
                 break
@@ -226,7 +226,7 @@ class LlamaCppEngine:
             tail = stops.flush() + decoder.decode(b"", final=True)
             if tail:
                 text.append(tail)
-                yield Token(tail)
+                yield clock.stamp(tail, generated, len(prompt))
         yield self._done("".join(text), prompt, cached, generated, clock, reason)
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
@@ -305,6 +305,10 @@ class _Clock:
     def token(self) -> None:
         self.last = time.perf_counter()
         self.first = self.first or self.last
+
+    def stamp(self, text: str, generated: int, prompt_tokens: int) -> Token:
+        first = self.first or time.perf_counter()
+        return Token(text, generated, (self.last or first) - first, first - self.called, prompt_tokens)
 
     def durations(self) -> dict[str, float]:
         # A token's logits are only certain to be computed once it has been sampled

@@ -133,3 +133,10 @@ def test_info_describes_engine_and_build(engine):
     assert info.chat_template == "model"
     assert info.n_threads >= 1
     assert "CPU" in info.build
+
+
+def test_tokens_carry_the_engines_clock(engine):
+    tokens = [e for e in engine.stream(STORY, Params(temperature=0, max_tokens=20)) if isinstance(e, Token)]
+    assert [t.generated for t in tokens] == sorted(t.generated for t in tokens)
+    assert tokens[-1].generated >= 19 and tokens[-1].decode_tps > 0
+    assert all(t.ttft_s == tokens[0].ttft_s > 0 for t in tokens) and tokens[0].prompt_tokens > 5

@@ -1,0 +1,1 @@
+"""The Textual app. Imported only by the commands that open it."""

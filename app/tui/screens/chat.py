@@ -1,0 +1,168 @@
+"""The chat screen: the conversation, the prompt, and the live status.
+
+The engine runs in a worker thread and the screen only renders what the session's
+events carry: text is appended in batches (at most every BATCH_S), so drawing never
+slows decoding, and every speed shown is the engine's own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Markdown, Static
+
+from roost.backends.base import Cancel, Done, Engine, Params, Token
+from roost.session import Session
+from roost.tui.widgets.status import StatusBar
+
+BATCH_S = 0.05
+
+
+class ChatScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("up", "history(-1)", "History", show=False),
+        Binding("down", "history(1)", "History", show=False),
+    ]
+
+    def __init__(self, load_engine: Callable[[], Engine], params: Params, system: str | None):
+        super().__init__()
+        self.load_engine, self.params, self.system = load_engine, params, system
+        self.engine: Engine | None = None
+        self.session: Session | None = None
+        self.cancel = Cancel()
+        self.generating = False
+        self.rates: list[float] = []
+        self.asked: list[str] = []
+        self._history_at = 0
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield VerticalScroll(id="conversation")
+        yield StatusBar(id="status")
+        yield Input(placeholder="Loading the model…", id="prompt", disabled=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True, group="load")
+    def load(self) -> None:
+        try:
+            engine = self.load_engine()
+        except Exception as e:  # shown where the user looks, not as a traceback
+            self.app.call_from_thread(self.query_one(StatusBar).show_text, f"could not load the model: {e}")
+            return
+        self.app.call_from_thread(self._loaded, engine)
+
+    def _loaded(self, engine: Engine) -> None:
+        self.engine = engine
+        self.session = Session(engine, self.params, system=self.system)
+        prompt = self.query_one("#prompt", Input)
+        prompt.disabled = False
+        prompt.placeholder = "Ask something (Enter to send, Esc to stop, Ctrl+N new chat)"
+        prompt.focus()
+        info = engine.info()
+        status = self.query_one(StatusBar)
+        status.show_text(f"{info.engine} on {info.device} · ready")
+        status.show_context(0, info.n_ctx)
+        self._show_memory()
+        self.set_interval(1.0, self._show_memory)
+
+    def _show_memory(self) -> None:
+        if self.engine is not None:
+            import psutil
+
+            self.query_one(StatusBar).show_memory(self.engine.memory(), psutil.virtual_memory().available)
+
+    # -- asking ---------------------------------------------------------------------
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text or self.generating or self.session is None:
+            return
+        event.input.value = ""
+        self.asked.append(text)
+        self._history_at = len(self.asked)
+        conversation = self.query_one("#conversation", VerticalScroll)
+        conversation.mount(Static(text, classes="user"))
+        answer = Markdown("", classes="assistant")
+        conversation.mount(answer)
+        conversation.scroll_end(animate=False)
+        self.generating = True
+        self.cancel = Cancel()
+        self.rates = []
+        self.generate(text, answer)
+
+    @work(thread=True, exclusive=True, group="generate")
+    def generate(self, text: str, answer: Markdown) -> None:
+        pending, last_flush, last = [], time.perf_counter(), None
+        try:
+            for event in self.session.send(text, self.cancel):
+                if isinstance(event, Token):
+                    pending.append(event.text)
+                    last = event
+                    if time.perf_counter() - last_flush >= BATCH_S:
+                        self.app.call_from_thread(self._append, answer, "".join(pending), last)
+                        pending, last_flush = [], time.perf_counter()
+                elif isinstance(event, Done):
+                    if pending:
+                        self.app.call_from_thread(self._append, answer, "".join(pending), last)
+                    self.app.call_from_thread(self._finished, answer, event)
+        except Exception as e:
+            self.app.call_from_thread(self._failed, answer, e)
+
+    async def _append(self, answer: Markdown, text: str, token: Token) -> None:
+        await answer.append(text)
+        self.query_one("#conversation", VerticalScroll).scroll_end(animate=False)
+        status = self.query_one(StatusBar)
+        if token.decode_tps:
+            self.rates.append(token.decode_tps)
+            status.show_rates(self.rates)
+        status.show_speed(token.decode_tps, None, token.ttft_s)
+        status.show_context(token.prompt_tokens + token.generated, self.engine.info().n_ctx)
+
+    def _finished(self, answer: Markdown, done: Done) -> None:
+        self.generating = False
+        s = done.stats
+        note = {"cancelled": " · stopped", "length": " · max tokens", "context": " · context full"}.get(s.stop_reason, "")
+        if s.stop_reason == "cancelled":
+            answer.add_class("stopped")
+        status = self.query_one(StatusBar)
+        status.show_speed(s.decode_tps, s.prefill_tps, s.ttft_s, note)
+        status.show_context(s.context_tokens, s.n_ctx)
+        self._show_memory()
+
+    def _failed(self, answer: Markdown, error: Exception) -> None:
+        self.generating = False
+        answer.update(f"*{error}*")
+        answer.add_class("error")
+
+    # -- keys -----------------------------------------------------------------------
+
+    def action_stop(self) -> None:
+        if self.generating:
+            self.cancel.set()
+
+    def action_new_chat(self) -> None:
+        if self.session is None:
+            return
+        self.cancel.set()  # an answer in flight stops within a token and is dropped with its chat
+        self.session = Session(self.engine, self.params, system=self.system)
+        self.query_one("#conversation", VerticalScroll).remove_children()
+        self.query_one(StatusBar).show_context(0, self.engine.info().n_ctx)
+
+    def action_history(self, step: int) -> None:
+        if not self.asked:
+            return
+        self._history_at = max(0, min(len(self.asked), self._history_at + step))
+        prompt = self.query_one("#prompt", Input)
+        prompt.value = self.asked[self._history_at] if self._history_at < len(self.asked) else ""
+        prompt.cursor_position = len(prompt.value)

@@ -1,0 +1,39 @@
+"""The live status under the conversation: speed, first-token time, context, memory."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import ProgressBar, Sparkline, Static
+
+from roost.report import size
+
+
+class StatusBar(Horizontal):
+    def compose(self) -> ComposeResult:
+        yield Static("loading…", id="speed")
+        yield ProgressBar(total=1, show_eta=False, show_percentage=False, id="context")
+        yield Static("", id="context-label")
+        yield Static("", id="memory")
+        yield Sparkline([], id="rate")
+
+    def show_speed(self, decode_tps: float, prefill_tps: float | None, ttft_s: float, note: str = "") -> None:
+        prefill = f" · prompt {prefill_tps:,.0f} tok/s" if prefill_tps else ""
+        self.query_one("#speed", Static).update(
+            f"gen {decode_tps:,.1f} tok/s{prefill} · TTFT {ttft_s:.2f} s{note}")
+
+    def show_rates(self, rates: list[float]) -> None:
+        self.query_one("#rate", Sparkline).data = rates[-40:]
+
+    def show_context(self, used: int, n_ctx: int) -> None:
+        self.query_one("#context", ProgressBar).update(total=n_ctx, progress=used)
+        self.query_one("#context-label", Static).update(f"ctx {used}/{n_ctx}")
+
+    def show_memory(self, reading, free_ram: int) -> None:
+        engine = f" · engine {size(sum(reading.buffers.values()))}" if reading.buffers else ""
+        vram = f" · VRAM {size(reading.device_used_bytes)}" if reading.device_used_bytes else ""
+        self.query_one("#memory", Static).update(
+            f"RSS {size(reading.rss_bytes)}{engine}{vram} · RAM free {size(free_ram)}")
+
+    def show_text(self, text: str) -> None:
+        self.query_one("#speed", Static).update(text)

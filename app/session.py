@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from roost.backends.base import Cancel, Done, Engine, Event, Message, Params, Stats
+from roost.history import Conversation
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Session:
     system: str | None = None
     messages: list[Message] = field(default_factory=list)
     stats: list[Stats] = field(default_factory=list)
+    saved: Conversation | None = None  # where the conversation is kept, if anywhere
 
     def __post_init__(self) -> None:
         if self.system and not self.messages:
@@ -27,14 +29,21 @@ class Session:
     def send(self, text: str, cancel: Cancel | None = None) -> Iterator[Event]:
         """Ask, and stream the answer. The answer joins the conversation when it is done,
         a cancelled one too (as far as it got), so what is kept is what was shown."""
-        self.messages.append({"role": "user", "content": text})
+        self._record({"role": "user", "content": text})
         try:
             for event in self.engine.stream(self.messages, self.params, cancel):
                 if isinstance(event, Done):
-                    self.messages.append({"role": "assistant", "content": event.text})
                     self.stats.append(event.stats)
+                    self._record({"role": "assistant", "content": event.text}, event.stats)
                 yield event
         except BaseException:
             if self.messages[-1]["role"] == "user":
                 self.messages.pop()  # the question never got an answer: leave it unasked
+                if self.saved:
+                    self.saved.retract()
             raise
+
+    def _record(self, message: Message, stats: Stats | None = None) -> None:
+        self.messages.append(message)
+        if self.saved:
+            self.saved.add(message, stats)

@@ -12,6 +12,12 @@ from roost.backends.base import Plan
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True)
+def private_history(tmp_path_factory, monkeypatch):
+    """Conversations saved by tests stay out of the user's history."""
+    monkeypatch.setenv("ROOST_HISTORY_DIR", str(tmp_path_factory.mktemp("history")))
+
+
 @pytest.fixture(scope="session")
 def demo_gguf() -> str:
     path = catalog.demo_model_path()

@@ -36,3 +36,24 @@ def test_failed_question_is_not_left_unanswered(make_engine):
     assert session.messages == []
     list(session.send("Hi"))
     assert [m["role"] for m in session.messages] == ["user", "assistant"]
+
+
+def test_saved_conversation_reloads_and_survives_a_torn_write(engine, tmp_path, monkeypatch):
+    from roost import history
+
+    monkeypatch.setenv("ROOST_HISTORY_DIR", str(tmp_path))
+    saved = history.Conversation.create("SmolLM2", system="Answer briefly.")
+    session = Session(engine, Params(temperature=0, max_tokens=30), system="Answer briefly.", saved=saved)
+    list(session.send("What is the capital of Japan?"))
+    with pytest.raises(ContextOverflow):
+        list(session.send("word " * 3000))
+    with open(saved.path, "a") as f:
+        f.write('{"type": "message", "role": "assistant", "content": "half an ans')  # killed mid-write
+    meta, messages = saved.load()
+    assert meta["model"] == "SmolLM2" and messages == session.messages
+    (summary,) = history.conversations()
+    assert summary.title == "What is the capital of Japan?" and summary.messages == 3
+    # A reopened conversation carries on where it stopped, in the same file.
+    again = Session(engine, Params(temperature=0, max_tokens=30), messages=list(messages), saved=saved)
+    list(again.send("And of Italy?"))
+    assert len(saved.load()[1]) == 5

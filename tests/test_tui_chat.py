@@ -83,3 +83,22 @@ def test_new_chat_and_prompt_history(demo_gguf):
         assert screen.query_one("#prompt").value == "Hi"
 
     run(scenario, demo_gguf)
+
+
+def test_conversations_are_saved_and_reopened(demo_gguf):
+    async def scenario(screen, pilot):
+        await ask(screen, pilot, "What is the capital of Japan?")
+        await until(pilot, lambda: not screen.generating)
+        await pilot.press("ctrl+n")
+        assert not screen.query(".assistant")
+        await pilot.press("ctrl+o")
+        await pilot.pause(0.2)
+        await pilot.press("enter")
+        await until(pilot, lambda: len(screen.query(".assistant")) == 1)
+        assert "Tokyo" in screen.query(".assistant").last().source
+        assert [m["role"] for m in screen.session.messages] == ["user", "assistant"]
+        await ask(screen, pilot, "And of Italy?")
+        await until(pilot, lambda: not screen.generating)
+        assert screen.session.stats[-1].cached_tokens > 0  # the engine still held the reopened turns
+
+    run(scenario, demo_gguf)

@@ -24,4 +24,4 @@ class RoostApp(App):
         self.sub_title = model_name
 
     def on_mount(self) -> None:
-        self.push_screen(ChatScreen(self.load_engine, self.params, self.system))
+        self.push_screen(ChatScreen(self.load_engine, self.params, self.system, self.model_name))

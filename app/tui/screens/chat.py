@@ -17,8 +17,10 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Markdown, Static
 
+from roost import history
 from roost.backends.base import Cancel, Done, Engine, Params, Token
 from roost.session import Session
+from roost.tui.screens.history import HistoryScreen
 from roost.tui.widgets.status import StatusBar
 
 BATCH_S = 0.05
@@ -28,13 +30,14 @@ class ChatScreen(Screen):
     BINDINGS = [
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("ctrl+o", "open_history", "History"),
         Binding("up", "history(-1)", "History", show=False),
         Binding("down", "history(1)", "History", show=False),
     ]
 
-    def __init__(self, load_engine: Callable[[], Engine], params: Params, system: str | None):
+    def __init__(self, load_engine: Callable[[], Engine], params: Params, system: str | None, model_name: str = ""):
         super().__init__()
-        self.load_engine, self.params, self.system = load_engine, params, system
+        self.load_engine, self.params, self.system, self.model_name = load_engine, params, system, model_name
         self.engine: Engine | None = None
         self.session: Session | None = None
         self.cancel = Cancel()
@@ -89,6 +92,8 @@ class ChatScreen(Screen):
         if not text or self.generating or self.session is None:
             return
         event.input.value = ""
+        if self.session.saved is None:  # a conversation is saved from its first question on
+            self.session.saved = history.Conversation.create(self.model_name, self.system)
         self.asked.append(text)
         self._history_at = len(self.asked)
         conversation = self.query_one("#conversation", VerticalScroll)
@@ -158,6 +163,25 @@ class ChatScreen(Screen):
         self.session = Session(self.engine, self.params, system=self.system)
         self.query_one("#conversation", VerticalScroll).remove_children()
         self.query_one(StatusBar).show_context(0, self.engine.info().n_ctx)
+
+    def action_open_history(self) -> None:
+        if self.session is not None and not self.generating:
+            self.app.push_screen(HistoryScreen(), self.reopen)
+
+    def reopen(self, path: str | None) -> None:
+        if not path:
+            return
+        saved = history.Conversation(path)
+        meta, messages = saved.load()
+        self.session = Session(self.engine, self.params, system=meta.get("system"), messages=messages, saved=saved)
+        conversation = self.query_one("#conversation", VerticalScroll)
+        conversation.remove_children()
+        for m in messages:
+            if m["role"] == "user":
+                conversation.mount(Static(m["content"], classes="user"))
+            elif m["role"] == "assistant":
+                conversation.mount(Markdown(m["content"], classes="assistant"))
+        conversation.scroll_end(animate=False)
 
     def action_history(self, step: int) -> None:
         if not self.asked:

@@ -1,0 +1,49 @@
+"""The chat app as a person over SSH uses it: tmux at 80x24, 256 colours, keyboard only."""
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+
+
+def tmux(*args, check=True):
+    return subprocess.run(["tmux", "-L", "roost-test", *args], capture_output=True, text=True, check=check)
+
+
+def screen() -> str:
+    return tmux("capture-pane", "-t", "chat", "-p", check=False).stdout
+
+
+def wait_for(*needles, timeout=90.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = screen()
+        if all(n in text for n in needles):
+            return text
+        assert time.monotonic() < deadline, f"never saw {needles!r}; the screen was:\n{text}"
+        time.sleep(0.2)
+
+
+def test_chat_in_tmux_at_80x24():
+    command = f"TERM=screen-256color {sys.executable} -m roost chat demo --temperature 0"
+    tmux("new-session", "-d", "-s", "chat", "-x", "80", "-y", "24", "-c", ROOT, command)
+    try:
+        wait_for("Ask something")
+        tmux("send-keys", "-t", "chat", "What is the capital of Japan?", "Enter")
+        shown = wait_for("Tokyo", "tok/s", "ctx ")
+        assert "gen 0.0 tok/s" not in shown and "RSS" in shown
+        assert all(len(line) <= 80 for line in shown.splitlines())
+        tmux("send-keys", "-t", "chat", "Escape")
+        tmux("send-keys", "-t", "chat", "C-q")
+        deadline = time.monotonic() + 20
+        while tmux("has-session", "-t", "chat", check=False).returncode == 0:
+            assert time.monotonic() < deadline, "the app did not quit on Ctrl+Q"
+            time.sleep(0.2)
+    finally:
+        tmux("kill-server", check=False)

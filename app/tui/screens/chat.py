@@ -14,6 +14,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Markdown, Static
 
@@ -23,7 +24,7 @@ from roost.session import Session
 from roost.tui.screens.history import HistoryScreen
 from roost.tui.widgets.status import StatusBar
 
-BATCH_S = 0.05
+BATCH_S = 0.1  # at most ten redraws a second while an answer streams
 
 
 class ChatScreen(Screen):
@@ -106,8 +107,22 @@ class ChatScreen(Screen):
         self.rates = []
         self.generate(text, answer)
 
+    class Arrived(Message):
+        """Tokens for the answer on screen, with the engine's clock at the last one."""
+
+        def __init__(self, answer: Markdown, text: str, token: Token) -> None:
+            super().__init__()
+            self.answer, self.text, self.token = answer, text, token
+
+    class Finished(Message):
+        def __init__(self, answer: Markdown, done: Done | None, error: Exception | None = None) -> None:
+            super().__init__()
+            self.answer, self.done, self.error = answer, done, error
+
     @work(thread=True, exclusive=True, group="generate")
     def generate(self, text: str, answer: Markdown) -> None:
+        # post_message hands over and returns at once: the engine never waits for drawing
+        # (call_from_thread would block this thread until the screen had redrawn).
         pending, last_flush, last = [], time.perf_counter(), None
         try:
             for event in self.session.send(text, self.cancel):
@@ -115,17 +130,18 @@ class ChatScreen(Screen):
                     pending.append(event.text)
                     last = event
                     if time.perf_counter() - last_flush >= BATCH_S:
-                        self.app.call_from_thread(self._append, answer, "".join(pending), last)
+                        self.post_message(self.Arrived(answer, "".join(pending), last))
                         pending, last_flush = [], time.perf_counter()
                 elif isinstance(event, Done):
                     if pending:
-                        self.app.call_from_thread(self._append, answer, "".join(pending), last)
-                    self.app.call_from_thread(self._finished, answer, event)
+                        self.post_message(self.Arrived(answer, "".join(pending), last))
+                    self.post_message(self.Finished(answer, event))
         except Exception as e:
-            self.app.call_from_thread(self._failed, answer, e)
+            self.post_message(self.Finished(answer, None, e))
 
-    async def _append(self, answer: Markdown, text: str, token: Token) -> None:
-        await answer.append(text)
+    async def on_chat_screen_arrived(self, message: Arrived) -> None:
+        token = message.token
+        await message.answer.append(message.text)
         self.query_one("#conversation", VerticalScroll).scroll_end(animate=False)
         status = self.query_one(StatusBar)
         if token.decode_tps:
@@ -134,21 +150,20 @@ class ChatScreen(Screen):
         status.show_speed(token.decode_tps, None, token.ttft_s)
         status.show_context(token.prompt_tokens + token.generated, self.engine.info().n_ctx)
 
-    def _finished(self, answer: Markdown, done: Done) -> None:
+    def on_chat_screen_finished(self, message: Finished) -> None:
         self.generating = False
-        s = done.stats
+        if message.error is not None:
+            message.answer.update(f"*{message.error}*")
+            message.answer.add_class("error")
+            return
+        s = message.done.stats
         note = {"cancelled": " · stopped", "length": " · max tokens", "context": " · context full"}.get(s.stop_reason, "")
         if s.stop_reason == "cancelled":
-            answer.add_class("stopped")
+            message.answer.add_class("stopped")
         status = self.query_one(StatusBar)
         status.show_speed(s.decode_tps, s.prefill_tps, s.ttft_s, note)
         status.show_context(s.context_tokens, s.n_ctx)
         self._show_memory()
-
-    def _failed(self, answer: Markdown, error: Exception) -> None:
-        self.generating = False
-        answer.update(f"*{error}*")
-        answer.add_class("error")
 
     # -- keys -----------------------------------------------------------------------
 

@@ -42,10 +42,14 @@ async def ask(screen, pilot, text):
     await until(pilot, lambda: len(screen.asked) > asked)
 
 
+async def ask_and_wait(screen, pilot, text):
+    await ask(screen, pilot, text)
+    await until(pilot, lambda: not screen.generating)
+
+
 def test_answer_streams_in_with_live_stats(demo_gguf):
     async def scenario(screen, pilot):
-        await ask(screen, pilot, "What is the capital of Japan?")
-        await until(pilot, lambda: not screen.generating)
+        await ask_and_wait(screen, pilot, "What is the capital of Japan?")
         answer = screen.query(".assistant").last()
         assert "Tokyo" in answer.source
         stats = screen.session.stats[-1]
@@ -75,8 +79,7 @@ def test_escape_stops_and_keeps_the_partial_answer(demo_gguf):
 
 def test_new_chat_and_prompt_history(demo_gguf):
     async def scenario(screen, pilot):
-        await ask(screen, pilot, "Hi")
-        await until(pilot, lambda: not screen.generating)
+        await ask_and_wait(screen, pilot, "Hi")
         await pilot.press("ctrl+n")
         assert screen.session.messages == [] and not screen.query(".assistant")
         await pilot.press("up")
@@ -87,8 +90,7 @@ def test_new_chat_and_prompt_history(demo_gguf):
 
 def test_conversations_are_saved_and_reopened(demo_gguf):
     async def scenario(screen, pilot):
-        await ask(screen, pilot, "What is the capital of Japan?")
-        await until(pilot, lambda: not screen.generating)
+        await ask_and_wait(screen, pilot, "What is the capital of Japan?")
         await pilot.press("ctrl+n")
         assert not screen.query(".assistant")
         await pilot.press("ctrl+o")
@@ -97,8 +99,7 @@ def test_conversations_are_saved_and_reopened(demo_gguf):
         await until(pilot, lambda: len(screen.query(".assistant")) == 1)
         assert "Tokyo" in screen.query(".assistant").last().source
         assert [m["role"] for m in screen.session.messages] == ["user", "assistant"]
-        await ask(screen, pilot, "And of Italy?")
-        await until(pilot, lambda: not screen.generating)
+        await ask_and_wait(screen, pilot, "And of Italy?")
         assert screen.session.stats[-1].cached_tokens > 0  # the engine still held the reopened turns
 
     run(scenario, demo_gguf)

@@ -131,7 +131,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_text(as_json):
             "--temperature", "0", "-n", "3000"] + (["--json"] if as_json else [])
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT)
     if as_json:
-        time.sleep(3)  # nothing streams with --json: interrupt while it generates
+        time.sleep(5)  # nothing streams with --json: interrupt while it generates (load takes ~0.3 s)
     else:
         first = os.read(proc.stdout.fileno(), 64)  # wait until text is streaming
         assert first

@@ -311,10 +311,15 @@ def _model_file(text: str, machine, ctx: int | None, *, yes: bool, can_ask: bool
     if not yes:
         if not can_ask:
             raise UsageError(f"{text} is not downloaded yet: run `roost pull {text}` first, or add --yes")
-        print(f"{text} is not downloaded yet. Download {what} now? [Y/n] ", end="", file=sys.stderr, flush=True)
-        if sys.stdin.readline().strip().lower() not in ("", "y", "yes"):
+        if not _confirm(f"{text} is not downloaded yet. Download {what} now?"):
             raise UsageError("not downloaded; nothing was changed")
     return _pull(choice)
+
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; Enter means yes."""
+    print(f"{question} [Y/n] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("", "y", "yes")
 
 
 def _pull(choice) -> str:
@@ -365,9 +370,7 @@ def cmd_pull(args) -> int:
         print(have)
         return 0
     if not args.yes and sys.stdin is not None and sys.stdin.isatty():
-        print(f"Download {choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})? [Y/n] ",
-              end="", file=sys.stderr, flush=True)
-        if sys.stdin.readline().strip().lower() not in ("", "y", "yes"):
+        if not _confirm(f"Download {choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})?"):
             return 1
     print(_pull(choice))
     return 0

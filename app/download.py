@@ -74,7 +74,9 @@ def _hub_errors(repo_id: str, filename: str | None = None):
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
 
 
 class _HubCall:
@@ -236,8 +238,15 @@ class _TailHasher(threading.Thread):
                     time.sleep(0.005)
 
 
+def _repo_folder(repo_id: str) -> str:
+    """The repo's folder name in the HF cache, as huggingface-hub names it."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
 def _blobs_dir(repo_id: str) -> str:
-    return os.path.join(cache_dir(), "models--" + repo_id.replace("/", "--"), "blobs")
+    return os.path.join(cache_dir(), _repo_folder(repo_id), "blobs")
 
 
 def remove_orphans(repo_id: str, sha256: str) -> list[str]:
@@ -251,7 +260,7 @@ def remove_orphans(repo_id: str, sha256: str) -> list[str]:
         names = [n for n in os.listdir(blobs) if n.startswith(sha256) and n.endswith(".incomplete")]
     except FileNotFoundError:
         return []
-    lock = os.path.join(cache_dir(), ".locks", "models--" + repo_id.replace("/", "--"), f"{sha256}.lock")
+    lock = os.path.join(cache_dir(), ".locks", _repo_folder(repo_id), f"{sha256}.lock")
     os.makedirs(os.path.dirname(lock), exist_ok=True)
     try:
         with FileLock(lock, timeout=0):

@@ -48,6 +48,13 @@ class Params:
     stop: tuple[str, ...] = ()
 
 
+def decode_rate(generated: int, decode_s: float) -> float:
+    """Tokens per second of decoding. The first token comes out of prefill, so the rate
+    counts the ones after it, over the time since it."""
+    n = generated - 1
+    return n / decode_s if n > 0 and decode_s > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class Stats:
     prompt_tokens: int  # tokens in the rendered prompt
@@ -70,9 +77,7 @@ class Stats:
 
     @property
     def decode_tps(self) -> float:
-        # The first token comes out of prefill; decode speed counts the ones after it.
-        n = self.generated_tokens - 1
-        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+        return decode_rate(self.generated_tokens, self.decode_s)
 
     @property
     def context_tokens(self) -> int:
@@ -102,7 +107,7 @@ class Token:
 
     @property
     def decode_tps(self) -> float:
-        return (self.generated - 1) / self.decode_s if self.generated > 1 and self.decode_s > 0 else 0.0
+        return decode_rate(self.generated, self.decode_s)
 
 
 @dataclass(frozen=True)

@@ -140,15 +140,17 @@ class ChatScreen(Screen):
             self.post_message(self.Finished(answer, None, e))
 
     async def on_chat_screen_arrived(self, message: Arrived) -> None:
+        # The status first: appending yields to the event loop, and a frame drawn then
+        # should not show the new text beside the old numbers.
         token = message.token
-        await message.answer.append(message.text)
-        self.query_one("#conversation", VerticalScroll).scroll_end(animate=False)
         status = self.query_one(StatusBar)
         if token.decode_tps:
             self.rates.append(token.decode_tps)
             status.show_rates(self.rates)
         status.show_speed(token.decode_tps, None, token.ttft_s)
         status.show_context(token.prompt_tokens + token.generated, self.engine.info().n_ctx)
+        await message.answer.append(message.text)
+        self.query_one("#conversation", VerticalScroll).scroll_end(animate=False)
 
     def on_chat_screen_finished(self, message: Finished) -> None:
         self.generating = False

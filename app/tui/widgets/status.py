@@ -18,9 +18,10 @@ class StatusBar(Horizontal):
         yield Sparkline([], id="rate")
 
     def show_speed(self, decode_tps: float, prefill_tps: float | None, ttft_s: float, note: str = "") -> None:
+        # One token has no rate yet: a dash, not a zero that reads as a stall.
+        gen = f"{decode_tps:,.1f}" if decode_tps else "–"
         prefill = f" · prompt {prefill_tps:,.0f} tok/s" if prefill_tps else ""
-        self.query_one("#speed", Static).update(
-            f"gen {decode_tps:,.1f} tok/s{prefill} · TTFT {ttft_s:.2f} s{note}")
+        self.query_one("#speed", Static).update(f"gen {gen} tok/s{prefill} · TTFT {ttft_s:.2f} s{note}")
 
     def show_rates(self, rates: list[float]) -> None:
         self.query_one("#rate", Sparkline).data = rates[-40:]

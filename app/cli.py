@@ -15,8 +15,9 @@ from dataclasses import replace
 from roost import __version__
 from roost.errors import RoostError, UsageError
 
+from roost.loading import DEFAULT_CTX
+
 EXIT_INTERRUPTED = 130
-DEFAULT_CTX = 4096  # memory for the whole context is taken up front: not the model's maximum
 
 
 def _positive_int(text: str) -> int:
@@ -104,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)
 
-    chat = commands.add_parser("chat", help="chat in the terminal app", description="Open the chat app on a model.")
-    chat.add_argument("model", metavar="MODEL", help="a .gguf file, a catalog name, a Hub repo, or demo")
+    chat = commands.add_parser("chat", help="chat in the terminal app (the default command)",
+                               description="Open the chat app on a model; without one, pick the engine and model in the app.")
+    chat.add_argument("model", metavar="MODEL", nargs="?", help="a .gguf file, a catalog name, a Hub repo, or demo")
     chat.add_argument("-s", "--system", help="system prompt")
     chat.add_argument("-t", "--temperature", type=_non_negative_float, default=0.8)
     chat.add_argument("--seed", type=int)
@@ -127,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.print_help()
-            return 0
+            if not (sys.stdin.isatty() and sys.stdout.isatty()):  # a script or a pipe wants the usage, not an app
+                parser.print_help()
+                return 0
+            args = parser.parse_args(["chat"])
         return args.handler(args)
     except RoostError as e:
         print(f"roost: error: {e}", file=sys.stderr)
@@ -153,16 +157,6 @@ def _read_prompt(argument: str) -> str:
     if not prompt.strip():
         raise UsageError("the prompt is empty: give it as an argument or pipe it in")
     return prompt
-
-
-def _context(requested: int | None, name: str, trained: int) -> int:
-    """The context to plan and load: as asked, within what the model was trained on."""
-    limit = trained or requested or DEFAULT_CTX
-    if requested is None:
-        return min(DEFAULT_CTX, limit)
-    if requested > limit:
-        raise UsageError(f"--ctx {requested} is more than {name} allows: at most {limit} tokens")
-    return requested
 
 
 def cmd_run(args) -> int:
@@ -213,18 +207,13 @@ def cmd_run(args) -> int:
 def _loading_plan(args):
     """The file and load plan for run and chat: resolved, pulled if need be, and checked
     to fit before anything is loaded."""
-    from roost import fit, gguf_info, hardware
+    from roost import hardware, loading
 
-    offload = _llama_can_offload()
-    if args.gpu_layers and not offload:
-        raise UsageError("--gpu-layers needs a GPU build of llama-cpp-python, and this one is CPU only (see: roost doctor)")
+    offload = loading.can_offload()
+    loading.check_gpu_layers(args.gpu_layers, offload)  # before any download
     machine = hardware.detect(gpus=offload)
     path = _model_file(args.model, machine, args.ctx, yes=args.yes, can_ask=sys.stdin is not None and sys.stdin.isatty())
-    info = gguf_info.read(path)
-    n_ctx = _context(args.ctx, info.name, info.n_ctx_train)
-    plan, _ = fit.plan_file(info, n_ctx, machine, offload, args.gpu_layers)
-    if args.threads:
-        plan = replace(plan, n_threads=args.threads)
+    info, plan = loading.plan(path, machine, offload, args.ctx, args.gpu_layers, args.threads)
     return path, info, plan
 
 
@@ -233,21 +222,23 @@ def cmd_chat(args) -> int:
     from roost.backends.base import Params
     from roost.tui.app import RoostApp
 
-    path, info, plan = _loading_plan(args)
-    app = RoostApp(lambda: load(path, plan), info.name, Params(temperature=args.temperature, seed=args.seed),
-                   system=args.system)
+    params = Params(temperature=args.temperature, seed=args.seed)
+    if args.model is None:
+        from roost import hardware, loading
+
+        offload = loading.can_offload()
+        loading.check_gpu_layers(args.gpu_layers, offload)
+        app = RoostApp(params=params, system=args.system, machine=hardware.detect(gpus=offload),
+                       load_options={"ctx": args.ctx, "gpu_layers": args.gpu_layers, "threads": args.threads})
+    else:
+        path, info, plan = _loading_plan(args)
+        app = RoostApp(lambda: load(path, plan), info.name, params, system=args.system)
     app.run()
     return 0
 
 
-def _llama_can_offload() -> bool:
-    from roost.backends.llama_cpp import build_info
-
-    return build_info()[0]
-
-
 def cmd_fit(args) -> int:
-    from roost import catalog, fit, gguf_info, hardware, library, report
+    from roost import catalog, fit, gguf_info, hardware, library, loading, report
 
     machine = hardware.detect()
     if args.gpu and not (machine.gpus or machine.apple):
@@ -273,7 +264,7 @@ def cmd_fit(args) -> int:
         limit = shape.n_ctx_train
     else:
         raise UsageError("give one catalog name or Hub repo, or several local .gguf files of one model")
-    n_ctx = _context(args.ctx, name, limit)
+    n_ctx = loading.context(args.ctx, name, limit)
     ranking = fit.rank(shape, quants, n_ctx, machine, use_gpu=not args.cpu)
     if args.json:
         b = ranking.budget

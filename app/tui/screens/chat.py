@@ -16,12 +16,14 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Markdown, Static
+from textual.widgets import Footer, Header, Markdown, Static
 
 from roost import history
 from roost.backends.base import Cancel, Done, Engine, Params, Token
 from roost.session import Session
 from roost.tui.screens.history import HistoryScreen
+from roost.tui.screens.settings import SettingsScreen
+from roost.tui.widgets.prompt import PromptArea
 from roost.tui.widgets.status import StatusBar
 
 BATCH_S = 0.1  # at most ten redraws a second while an answer streams
@@ -30,10 +32,11 @@ BATCH_S = 0.1  # at most ten redraws a second while an answer streams
 class ChatScreen(Screen):
     BINDINGS = [
         Binding("escape", "stop", "Stop"),
-        Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("ctrl+n", "new_chat", "New"),
         Binding("ctrl+o", "open_history", "History"),
-        Binding("up", "history(-1)", "History", show=False),
-        Binding("down", "history(1)", "History", show=False),
+        Binding("ctrl+s", "settings", "Settings"),
+        Binding("ctrl+r", "copy_answer", "Copy"),
+        Binding("ctrl+l", "models", "Models"),
     ]
 
     def __init__(self, load_engine: Callable[[], Engine], params: Params, system: str | None, model_name: str = ""):
@@ -44,15 +47,13 @@ class ChatScreen(Screen):
         self.cancel = Cancel()
         self.generating = False
         self.rates: list[float] = []
-        self.asked: list[str] = []
-        self._history_at = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield VerticalScroll(id="conversation")
         yield StatusBar(id="status")
-        yield Input(placeholder="Loading the model…", id="prompt", disabled=True)
-        yield Footer()
+        yield PromptArea(placeholder="Loading the model…", id="prompt", disabled=True)
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.load()
@@ -69,9 +70,9 @@ class ChatScreen(Screen):
     def _loaded(self, engine: Engine) -> None:
         self.engine = engine
         self.session = Session(engine, self.params, system=self.system)
-        prompt = self.query_one("#prompt", Input)
+        prompt = self.query_one(PromptArea)
         prompt.disabled = False
-        prompt.placeholder = "Ask something (Enter to send, Esc to stop, Ctrl+N new chat)"
+        prompt.placeholder = "Ask something (Enter to send, Ctrl+J for a new line, Esc to stop)"
         prompt.focus()
         info = engine.info()
         status = self.query_one(StatusBar)
@@ -88,15 +89,18 @@ class ChatScreen(Screen):
 
     # -- asking ---------------------------------------------------------------------
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
+    @property
+    def asked(self) -> list[str]:
+        return self.query_one(PromptArea).asked
+
+    def on_prompt_area_submitted(self, event: PromptArea.Submitted) -> None:
         text = event.value.strip()
         if not text or self.generating or self.session is None:
             return
-        event.input.value = ""
+        event.prompt.value = ""
         if self.session.saved is None:  # a conversation is saved from its first question on
             self.session.saved = history.Conversation.create(self.model_name, self.system)
-        self.asked.append(text)
-        self._history_at = len(self.asked)
+        event.prompt.remember(text)
         conversation = self.query_one("#conversation", VerticalScroll)
         conversation.mount(Static(text, classes="user"))
         answer = Markdown("", classes="assistant")
@@ -200,10 +204,39 @@ class ChatScreen(Screen):
                 conversation.mount(Markdown(m["content"], classes="assistant"))
         conversation.scroll_end(animate=False)
 
-    def action_history(self, step: int) -> None:
-        if not self.asked:
+    def action_settings(self) -> None:
+        if self.session is not None:
+            self.app.push_screen(SettingsScreen(self.system, self.params), self.apply_settings)
+
+    def apply_settings(self, result: tuple[str | None, Params] | None) -> None:
+        """Sampling applies from the next answer; a new system prompt starts a new chat,
+        since the conversation so far was answered under the old one."""
+        if result is None:
             return
-        self._history_at = max(0, min(len(self.asked), self._history_at + step))
-        prompt = self.query_one("#prompt", Input)
-        prompt.value = self.asked[self._history_at] if self._history_at < len(self.asked) else ""
-        prompt.cursor_position = len(prompt.value)
+        system, self.params = result
+        self.session.params = self.app.params = self.params
+        if system != self.system:
+            self.system = self.app.system = system
+            self.action_new_chat()
+            self.notify("New chat with the new system prompt")
+
+    def action_copy_answer(self) -> None:
+        answers = [m["content"] for m in (self.session.messages if self.session else []) if m["role"] == "assistant"]
+        if not answers:
+            self.notify("No answer to copy yet", severity="warning")
+            return
+        # OSC 52: the terminal sets its clipboard, over SSH and tmux too (where allowed).
+        self.app.copy_to_clipboard(answers[-1])
+        self.notify(f"Copied the last answer ({len(answers[-1])} characters) through the terminal")
+
+    def action_models(self) -> None:
+        """The model list over this chat: Esc there comes back to it, a pick replaces it."""
+        if self.generating:
+            self.notify("Stop the answer first (Esc)", severity="warning")
+            return
+        self.app.pick_model(self.app.engine_name)
+
+    def on_unmount(self) -> None:
+        self.cancel.set()
+        if self.engine is not None and not self.generating:  # a generating engine is left to its thread
+            self.engine.close()

@@ -1,0 +1,81 @@
+"""The system prompt and sampling, edited in place."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Input, Label, TextArea
+
+from roost.backends.base import Params
+
+# (Params field, label, type, allowed range); max_tokens and seed may be left blank.
+FIELDS = (
+    ("temperature", "temperature (0 = greedy)", float, (0.0, 5.0)),
+    ("top_p", "top-p", float, (0.0, 1.0)),
+    ("top_k", "top-k (0 = off)", int, (0, 1000)),
+    ("min_p", "min-p", float, (0.0, 1.0)),
+    ("repeat_penalty", "repeat penalty (1 = off)", float, (0.5, 2.0)),
+    ("max_tokens", "max tokens (blank = no limit)", int, (1, 1_000_000)),
+    ("seed", "seed (blank = random)", int, (0, 2**32 - 1)),
+)
+OPTIONAL = {"max_tokens", "seed"}
+
+
+def parse(values: dict[str, str], params: Params) -> Params:
+    """Params from the form's text, or ValueError naming the field that is wrong."""
+    changes = {}
+    for name, label, kind, (low, high) in FIELDS:
+        text = values[name].strip()
+        if not text and name in OPTIONAL:
+            changes[name] = None
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{label.split(' (')[0]}: {text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not low <= value <= high:
+            raise ValueError(f"{label.split(' (')[0]}: {value} is outside {low}–{high}")
+        changes[name] = value
+    return replace(params, **changes)
+
+
+class SettingsScreen(ModalScreen[tuple[str | None, Params] | None]):
+    """Dismisses with (system prompt, params), or None when left unchanged."""
+
+    BINDINGS = [Binding("ctrl+s", "save", "Save", priority=True), Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, system: str | None, params: Params):
+        super().__init__()
+        self.system, self.params = system, params
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="settings"):
+            yield Label("System prompt (a change starts a new chat)")
+            yield TextArea(self.system or "", id="system", soft_wrap=True, tab_behavior="focus", compact=True)
+            with Grid(id="sampling"):
+                for name, label, _, _ in FIELDS:
+                    value = getattr(self.params, name)
+                    yield Label(label)
+                    yield Input("" if value is None else str(value), id=name, compact=True)
+            yield Label("Ctrl+S to save, Esc to cancel, Tab to move", id="settings-error")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#system", TextArea).focus()
+
+    def on_input_submitted(self) -> None:
+        self.action_save()
+
+    def action_save(self) -> None:
+        try:
+            params = parse({name: self.query_one(f"#{name}", Input).value for name, *_ in FIELDS}, self.params)
+        except ValueError as e:
+            error = self.query_one("#settings-error", Label)
+            error.update(str(e))
+            error.add_class("error")
+            return
+        self.dismiss((self.query_one("#system", TextArea).text.strip() or None, params))

@@ -404,32 +404,20 @@ def cmd_rm(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from roost import catalog, fit, hardware, report
+    from roost import hardware, listing, report
 
-    machine = hardware.detect()
-    words = [w.lower() for w in args.text]
-    rows = [["name", "family", "params", "kind", "best here", "fits", "ceiling"]]
-    out = []
-    for m in catalog.models().values():
-        if m.bundled:
-            continue
-        text = " ".join((m.name, m.family, m.description, m.kind)).lower()
-        if not all(w in text for w in words):
-            continue
-        ranking = fit.rank(m.shape(), m.quants(), min(args.ctx or DEFAULT_CTX, m.context), machine)
-        pick = ranking.pick
-        fits = report.fits(pick, m.arch["n_layer"]) if pick else "no"
-        ceiling = f"≤ {pick.ceiling_tps:.0f} tok/s" if pick and pick.ceiling_tps else "—"
-        out.append({"name": m.name, "family": m.family, "params": m.params, "kind": m.kind,
-                    "pick": pick.quant.name if pick else None, "fits": fits,
-                    "ceiling_tps": pick.ceiling_tps if pick else None})
-        rows.append([m.name, m.family, f"{m.params / 1e9:.1f}B", m.kind, pick.quant.name if pick else "—", fits, ceiling])
+    offers = [o for o in listing.catalog_offers(hardware.detect(), args.ctx or DEFAULT_CTX) if o.matches(args.text)]
     if args.json:
-        print(json.dumps(out, indent=2))
-    elif len(rows) == 1:
+        print(json.dumps([{"name": o.name, "family": o.family, "params": o.params, "kind": o.kind,
+                           "pick": o.pick.quant.name if o.pick else None, "fits": report.best_fit(o),
+                           "ceiling_tps": o.pick.ceiling_tps if o.pick else None} for o in offers], indent=2))
+    elif not offers:
         print(f"nothing in the catalog matches {' '.join(args.text)!r}")
         return 1
     else:
+        rows = [["name", "family", "params", "kind", "best here", "fits", "ceiling"]]
+        rows += [[o.name, o.family, report.params(o.params), o.kind, o.pick.quant.name if o.pick else "—",
+                  report.best_fit(o), report.ceiling(o.pick)] for o in offers]
         print(report.table(rows))
     return 0
 

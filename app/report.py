@@ -39,6 +39,34 @@ def fits(option, n_layer: int) -> str:
     return {"full": "full", "cpu": "CPU only", "no": "no"}[option.fit]
 
 
+def params(n: float) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def ceiling(option) -> str:
+    return f"≤ {option.ceiling_tps:.0f} tok/s" if option and option.ceiling_tps else "—"
+
+
+def best_fit(offer) -> str:
+    """How the planner's pick for a listing.Offer runs here."""
+    return fits(offer.pick, offer.n_layer) if offer.pick else "no"
+
+
+def quant_row(o, n_layer: int, picked: bool = False) -> list[str]:
+    return [
+        o.quant.name + (" *" if picked else ""),
+        size(o.quant.file_bytes),
+        f"{o.bits_per_weight:.2f}",
+        fits(o, n_layer),
+        size(o.estimate.total),
+        size(o.estimate.gpu) if o.estimate.gpu else "—",
+        f"≤ {o.ceiling_tps:.0f}" if o.ceiling_tps else "—",
+    ]
+
+
+QUANT_HEADER = ["quant", "size", "bits/w", "fits", "memory", "on GPU", "ceiling tok/s"]
+
+
 def ranking(name: str, shape, r) -> str:
     b = r.budget
     head = (
@@ -46,17 +74,8 @@ def ranking(name: str, shape, r) -> str:
         + (f", MoE {shape.n_expert_used}/{shape.n_expert} experts active" if shape.n_expert else "")
         + f"\nplanned for {b.device} ({b.device_name}) at {r.n_ctx} tokens of context; {b.margin_note}"
     )
-    rows = [["quant", "size", "bits/w", "fits", f"memory @ {r.n_ctx}", "on GPU", "ceiling tok/s"]]
-    for o in r.options:
-        rows.append([
-            o.quant.name + (" *" if o is r.pick else ""),
-            size(o.quant.file_bytes),
-            f"{o.bits_per_weight:.2f}",
-            fits(o, shape.n_layer),
-            size(o.estimate.total),
-            size(o.estimate.gpu) if o.estimate.gpu else "—",
-            f"≤ {o.ceiling_tps:.0f}" if o.ceiling_tps else "—",
-        ])
+    header = [*QUANT_HEADER[:4], f"memory @ {r.n_ctx}", *QUANT_HEADER[5:]]
+    rows = [header] + [quant_row(o, shape.n_layer, o is r.pick) for o in r.options]
     lines = [head, "", table(rows, right={1, 2, 4, 5, 6}), ""]
     lines.append(f"pick: {r.pick.quant.name} — {r.reason}." if r.pick else f"pick: none — {r.reason}.")
     if any(o.ceiling_tps is None for o in r.options):

@@ -8,45 +8,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-from gguf_files import synthetic_llama
-from hub_server import HubServer
+from conftest import GATED_REPO, NAME, ROOT, TINY_REPO, in_process
 from roost import catalog
-
-NAME = "smollm2-135m"  # a catalog entry, served by the stand-in under its real repo and file names
-TINY_REPO = "roost-test/Tiny-GGUF"  # a repo the catalog does not know
-GATED_REPO = "roost-test/Gated-GGUF"
-
-
-@pytest.fixture(scope="module")
-def hub_root(tmp_path_factory, demo_gguf):
-    root = tmp_path_factory.mktemp("hub")
-    entry = catalog.models()[NAME]
-    repo = root.joinpath(*entry.gguf_repo.split("/"))
-    repo.mkdir(parents=True)
-    for g in entry.gguf:  # every quant of the entry is the real SmolLM2 file
-        os.symlink(demo_gguf, repo / g.file)
-    tiny = root.joinpath(*TINY_REPO.split("/"))
-    tiny.mkdir(parents=True)
-    os.symlink(demo_gguf, tiny / "Tiny-Q4_1.gguf")
-    synthetic_llama(demo_gguf, str(tiny / "Tiny-Q8_0.gguf"), n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512)
-    gated = root.joinpath(*GATED_REPO.split("/"))
-    gated.mkdir(parents=True)
-    os.symlink(demo_gguf, gated / "Gated-Q4_1.gguf")
-    return root
-
-
-@pytest.fixture
-def hub(hub_root):
-    with HubServer(str(hub_root)) as server:
-        server.gated.add(GATED_REPO)
-        server.tokens.add("hf_good_token")
-        yield server
-
-
-@pytest.fixture
-def home(tmp_path):
-    return tmp_path / "hf-home"
 
 
 def roost_hub(hub, home, *args, env=None, timeout=180):
@@ -146,19 +109,6 @@ def test_run_asks_before_downloading(hub, home):
     one_line(roost_hub(hub, home, "run", NAME, "hi"), f"roost pull {NAME}", "--yes")
     ran = roost_hub(hub, home, "run", NAME, "What is the capital of Japan?", "--yes", "--temperature", "0", "-n", "20")
     assert ran.returncode == 0 and "Tokyo" in ran.stdout, ran.stderr
-
-
-def in_process(hub, home, monkeypatch):
-    """huggingface-hub reads HF_ENDPOINT and HF_HOME at import: in-process tests import it
-    afresh under the stand-in's settings."""
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    for name in [m for m in sys.modules if m.startswith("huggingface_hub")]:
-        monkeypatch.delitem(sys.modules, name)
-    from roost import library
-
-    return library
 
 
 def test_disk_space_is_checked_before_any_download(hub, home, monkeypatch):

@@ -1,0 +1,81 @@
+"""What can run here: the catalog's models and the files already on disk, each with the
+fit planner's verdict for this machine. `roost search` prints it; the chat app's model
+list shows it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from roost import catalog, fit
+from roost.catalog import GgufFile
+
+
+@dataclass(frozen=True)
+class Offer:
+    name: str  # what `roost run` takes: a catalog name, repo:file, or a path
+    family: str
+    params: float
+    kind: str
+    description: str
+    repo_id: str | None  # where the files come from; None for a file only on disk
+    files: tuple[GgufFile, ...]
+    ranking: fit.Ranking | None  # None when the file on disk cannot be read
+    n_layer: int = 0
+    local: dict[str, str] = field(default_factory=dict)  # quant → path of a file already here
+
+    @property
+    def pick(self) -> fit.Option | None:
+        return self.ranking.pick if self.ranking else None
+
+    def matches(self, words: list[str]) -> bool:
+        text = " ".join((self.name, self.family, self.description, self.kind)).lower()
+        return all(w.lower() in text for w in words)
+
+    def file_for(self, quant: str) -> GgufFile:
+        return next(f for f in self.files if f.quant == quant)
+
+
+def catalog_offers(machine, n_ctx: int, have=()) -> list[Offer]:
+    """Every downloadable catalog model, ranked for this machine; `have` (library.downloaded())
+    marks the quants already on disk."""
+    on_disk = {(d.repo_id.lower(), d.filename): d.path for d in have}
+    offers = []
+    for m in catalog.models().values():
+        if m.bundled:
+            continue
+        local = {g.quant: on_disk[key] for g in m.gguf if (key := (m.gguf_repo.lower(), g.file)) in on_disk}
+        ranking = fit.rank(m.shape(), m.quants(), min(n_ctx, m.context), machine)
+        offers.append(Offer(m.name, m.family, m.params, m.kind, m.description, m.gguf_repo, m.gguf, ranking,
+                            m.arch["n_layer"], local))
+    return offers
+
+
+def local_offers(machine, n_ctx: int, have=()) -> list[Offer]:
+    """The bundled demo and the downloaded files no catalog entry offers, planned from
+    their own headers."""
+    known = {(m.gguf_repo.lower(), g.file) for m in catalog.models().values() if m.gguf_repo for g in m.gguf}
+    offers = []
+    try:
+        offers.append(_file_offer("demo", catalog.demo_model_path(), None, machine, n_ctx, "the bundled demo model"))
+    except catalog.CatalogError:
+        pass  # its package is not installed: nothing to offer
+    for d in have:
+        if (d.repo_id.lower(), d.filename) not in known:
+            offers.append(_file_offer(f"{d.repo_id}:{d.filename}", d.path, d.repo_id, machine, n_ctx, "downloaded"))
+    return offers
+
+
+def _file_offer(name: str, path: str, repo_id: str | None, machine, n_ctx: int, description: str) -> Offer:
+    from roost import gguf_info
+    from roost.errors import ModelFileError
+
+    quant = catalog.quant_of(path)
+    try:
+        info = gguf_info.read(path)
+    except ModelFileError as e:
+        return Offer(name, "?", 0, "?", f"cannot be read: {e}", repo_id, (), None, local={quant: path})
+    shape, ranking = fit.for_gguf(info, min(n_ctx, info.n_ctx_train or n_ctx), machine)
+    # Quant names come from the file: the planner's one option is this file.
+    files = (GgufFile(ranking.options[0].quant.name, path, ranking.options[0].quant.file_bytes),)
+    return Offer(name, info.name, shape.n_params, "chat", description, repo_id, files, ranking, shape.n_layer,
+                 {files[0].quant: path})

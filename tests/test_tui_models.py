@@ -1,0 +1,115 @@
+"""The start and model screens driven by Pilot: recorded machines, the Hub stand-in on
+127.0.0.1, a real download, then a real chat on what was downloaded."""
+
+import asyncio
+import os
+
+from conftest import NAME, ROOT, in_process
+from roost.tui.app import RoostApp
+from roost.tui.screens.chat import ChatScreen
+from roost.tui.screens.models import ModelScreen
+from roost.tui.screens.start import StartScreen
+from test_tui_chat import ask_and_wait, until
+
+
+def run_app(scenario, monkeypatch, machine: str):
+    monkeypatch.setenv("ROOST_MACHINE", os.path.join(ROOT, "tests", "machines", machine))
+    app = RoostApp()
+
+    async def main():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, StartScreen))
+            await pilot.press("enter")  # the engine picked for this machine
+            await until(pilot, lambda: isinstance(app.screen, ModelScreen))
+            await scenario(app, pilot)
+
+    asyncio.run(main())
+
+
+def rows(screen, table="#models") -> dict[str, list[str]]:
+    t = screen.query_one(table)
+    return {key.value: [str(c) for c in t.get_row(key)] for key in t.rows}
+
+
+def messages(app) -> str:
+    return " | ".join(n.message for n in app._notifications)
+
+
+def downloaded_files(home) -> list[str]:
+    return [f for _, _, files in os.walk(home) for f in files if f.endswith((".gguf", ".incomplete"))]
+
+
+async def choose(pilot, text: str):
+    """Filter to a model and Enter twice: the model, then its quant (the planner's pick)."""
+    await pilot.press(*text, "enter", "enter")
+    await pilot.pause()
+    await pilot.press("enter")
+
+
+def test_list_filters_and_refuses_what_does_not_fit(hub, home, monkeypatch):
+    in_process(hub, home, monkeypatch)
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        shown = rows(screen)
+        assert list(shown)[0] == "demo" and shown["demo"][-1] == "✓"  # on disk, nothing to download
+        assert NAME in shown and shown[NAME][-1] == ""
+        await pilot.press(*"qwen2.5-3")
+        assert set(rows(screen)) == {"qwen2.5-3b", "qwen2.5-32b"}
+        # 8 GB of unified memory: no quant of a 32B model fits, and the list says why.
+        big = screen.offers["qwen2.5-32b"]
+        assert big.pick is None and rows(screen)["qwen2.5-32b"][3] == "no"
+        await pilot.press("2", "enter", "enter")
+        assert rows(screen, "#quants")  # every quant, each with its verdict
+        await pilot.press("enter")
+        await until(pilot, lambda: "does not fit" in messages(app))
+        assert app.screen is screen and not [r for r in hub.requests if r[1].endswith(".gguf")]
+        await pilot.press("z", "z", "z")  # typing in a table goes to the filter
+        assert screen.query_one("#filter").value == "qwen2.5-32zzz" and not rows(screen)
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, StartScreen))
+
+    run_app(scenario, monkeypatch, "m1_8gb.json")
+
+
+def test_download_shows_progress_then_opens_the_chat(hub, home, monkeypatch):
+    in_process(hub, home, monkeypatch)
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        offer = screen.offers[NAME]
+        filename = offer.file_for(offer.pick.quant.name).file
+        # The connection stalls after 8 MB, then drops: progress is on screen meanwhile,
+        # and the download goes on after the drop.
+        reached = hub.stall_after(filename, 8 * 1024**2, seconds=1.0)
+        await choose(pilot, NAME)
+        assert await asyncio.to_thread(reached.wait, 60)
+        await until(pilot, lambda: "MiB of" in str(screen.query_one("#download-rate").render()))
+        assert screen.query_one("#download").display
+        await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None)
+        assert downloaded_files(home) == [filename]
+        chat = app.screen
+        await ask_and_wait(chat, pilot, "What is the capital of Japan?")
+        assert "Tokyo" in chat.query(".assistant").last().source
+        chat.cancel.set()
+
+    run_app(scenario, monkeypatch, "cpu_only.json")
+
+
+def test_escape_cancels_a_download_and_keeps_nothing(hub, home, monkeypatch):
+    in_process(hub, home, monkeypatch)
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        offer = screen.offers[NAME]
+        reached = hub.stall_after(offer.file_for(offer.pick.quant.name).file, 4 * 1024**2, seconds=1.0)
+        await choose(pilot, NAME)
+        assert await asyncio.to_thread(reached.wait, 60)
+        await pilot.press("escape")
+        await until(pilot, lambda: "cancelled" in messages(app))
+        assert app.screen is screen and not screen.query_one("#download").display
+        assert downloaded_files(home) == []
+        await pilot.press("escape")  # nothing running now: Esc leaves the list
+        await until(pilot, lambda: isinstance(app.screen, StartScreen))
+
+    run_app(scenario, monkeypatch, "cpu_only.json")

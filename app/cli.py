@@ -10,7 +10,6 @@ import argparse
 import json
 import signal
 import sys
-from dataclasses import replace
 
 from roost import __version__
 from roost.errors import RoostError, UsageError

@@ -1,20 +1,8 @@
 """The chat screen driven by Pilot, with the real SmolLM2 model and llama.cpp."""
 
-import asyncio
-import time
-
-from roost.backends import load
-from roost.backends.base import Params, Plan
-from roost.tui.app import RoostApp
-from roost.tui.screens.chat import ChatScreen
+from pilot import ask, ask_and_wait, chat, until
+from roost.backends.base import Params
 from roost.tui.widgets.status import StatusBar
-
-
-async def until(pilot, condition, timeout=90.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the app"
-        await pilot.pause(0.05)
 
 
 def status_text(screen) -> str:
@@ -22,33 +10,8 @@ def status_text(screen) -> str:
     return " ".join(str(w.render()) for w in bar.query("Static"))
 
 
-def run(scenario, demo_gguf, size=(100, 30)):
-    app = RoostApp(lambda: load(demo_gguf, Plan(n_ctx=2048)), "SmolLM2", Params(temperature=0, max_tokens=60))
-
-    async def main():
-        async with app.run_test(size=size) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None)
-            await scenario(app.screen, pilot)
-            app.screen.cancel.set()
-            await until(pilot, lambda: not app.screen.generating)
-
-    asyncio.run(main())
-
-
-async def ask(screen, pilot, text):
-    asked = len(screen.asked)
-    await pilot.press(*text)
-    await pilot.press("enter")
-    await until(pilot, lambda: len(screen.asked) > asked)
-
-
-async def ask_and_wait(screen, pilot, text):
-    await ask(screen, pilot, text)
-    await until(pilot, lambda: not screen.generating)
-
-
 def test_answer_streams_in_with_live_stats(demo_gguf):
-    async def scenario(screen, pilot):
+    async def scenario(app, screen, pilot):
         await ask_and_wait(screen, pilot, "What is the capital of Japan?")
         answer = screen.query(".assistant").last()
         assert "Tokyo" in answer.source
@@ -58,11 +21,11 @@ def test_answer_streams_in_with_live_stats(demo_gguf):
         assert "tok/s" in shown and f"ctx {stats.context_tokens}/2048" in shown and "RSS" in shown
         assert "gen 0.0" not in shown
 
-    run(scenario, demo_gguf)
+    chat(scenario, demo_gguf, size=(100, 30))
 
 
 def test_escape_stops_and_keeps_the_partial_answer(demo_gguf):
-    async def scenario(screen, pilot):
+    async def scenario(app, screen, pilot):
         screen.params = Params(temperature=0, max_tokens=2000)
         screen.session.params = screen.params
         await ask(screen, pilot, "Write a very long story about a dragon.")
@@ -74,22 +37,22 @@ def test_escape_stops_and_keeps_the_partial_answer(demo_gguf):
         assert answer.has_class("stopped") and answer.source
         assert screen.session.messages[-1] == {"role": "assistant", "content": answer.source}
 
-    run(scenario, demo_gguf)
+    chat(scenario, demo_gguf, size=(100, 30))
 
 
 def test_new_chat_and_prompt_history(demo_gguf):
-    async def scenario(screen, pilot):
+    async def scenario(app, screen, pilot):
         await ask_and_wait(screen, pilot, "Hi")
         await pilot.press("ctrl+n")
         assert screen.session.messages == [] and not screen.query(".assistant")
         await pilot.press("up")
         assert screen.query_one("#prompt").value == "Hi"
 
-    run(scenario, demo_gguf)
+    chat(scenario, demo_gguf, size=(100, 30))
 
 
 def test_conversations_are_saved_and_reopened(demo_gguf):
-    async def scenario(screen, pilot):
+    async def scenario(app, screen, pilot):
         await ask_and_wait(screen, pilot, "What is the capital of Japan?")
         await pilot.press("ctrl+n")
         assert not screen.query(".assistant")
@@ -102,4 +65,4 @@ def test_conversations_are_saved_and_reopened(demo_gguf):
         await ask_and_wait(screen, pilot, "And of Italy?")
         assert screen.session.stats[-1].cached_tokens > 0  # the engine still held the reopened turns
 
-    run(scenario, demo_gguf)
+    chat(scenario, demo_gguf, size=(100, 30))

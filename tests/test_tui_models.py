@@ -9,7 +9,7 @@ from roost.tui.app import RoostApp
 from roost.tui.screens.chat import ChatScreen
 from roost.tui.screens.models import ModelScreen
 from roost.tui.screens.start import StartScreen
-from test_tui_chat import ask_and_wait, until
+from pilot import ask_and_wait, notes, until
 
 
 def run_app(scenario, monkeypatch, machine: str):
@@ -29,10 +29,6 @@ def run_app(scenario, monkeypatch, machine: str):
 def rows(screen, table="#models") -> dict[str, list[str]]:
     t = screen.query_one(table)
     return {key.value: [str(c) for c in t.get_row(key)] for key in t.rows}
-
-
-def messages(app) -> str:
-    return " | ".join(n.message for n in app._notifications)
 
 
 def downloaded_files(home) -> list[str]:
@@ -62,7 +58,7 @@ def test_list_filters_and_refuses_what_does_not_fit(hub, home, monkeypatch):
         await pilot.press("2", "enter", "enter")
         assert rows(screen, "#quants")  # every quant, each with its verdict
         await pilot.press("enter")
-        await until(pilot, lambda: "does not fit" in messages(app))
+        await until(pilot, lambda: "does not fit" in " ".join(notes(app)))
         assert app.screen is screen and not [r for r in hub.requests if r[1].endswith(".gguf")]
         await pilot.press("z", "z", "z")  # typing in a table goes to the filter
         assert screen.query_one("#filter").value == "qwen2.5-32zzz" and not rows(screen)
@@ -106,7 +102,7 @@ def test_escape_cancels_a_download_and_keeps_nothing(hub, home, monkeypatch):
         await choose(pilot, NAME)
         assert await asyncio.to_thread(reached.wait, 60)
         await pilot.press("escape")
-        await until(pilot, lambda: "cancelled" in messages(app))
+        await until(pilot, lambda: "cancelled" in " ".join(notes(app)))
         assert app.screen is screen and not screen.query_one("#download").display
         assert downloaded_files(home) == []
         await pilot.press("escape")  # nothing running now: Esc leaves the list

@@ -1,53 +1,24 @@
 """The start screen, settings, the prompt, copying and model switching, driven by Pilot at
 80x24; the chat tests use the real SmolLM2 model and llama.cpp."""
 
-import asyncio
 import json
 import os
 import re
 
 import pytest
 from textual.app import App
-from textual.widgets import Input, Label, OptionList
+from textual.widgets import Label, OptionList
 
 from roost import doctor, hardware
-from roost.backends import load
-from roost.backends.base import Params, Plan
+from roost.backends.base import Params
 from roost.tui.app import RoostApp
-from roost.tui.screens.chat import ChatScreen
 from roost.tui.screens.settings import FIELDS, SettingsScreen, parse
 from roost.tui.screens.start import StartScreen
 from roost.tui.widgets.prompt import PromptArea
-from test_tui_chat import ask, ask_and_wait, until
+from pilot import ask, ask_and_wait, chat, drive, notes, until
 
-SIZE = (80, 24)
+SHORT = Params(temperature=0, max_tokens=8)  # answers long enough to see, quick to make
 MACHINES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "machines")
-
-
-def drive(app, scenario):
-    async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await scenario(pilot)
-
-    asyncio.run(main())
-
-
-def chat(scenario, demo_gguf, params=Params(temperature=0, max_tokens=8), system=None):
-    """Run scenario(app, chat screen, pilot) once the demo model is loaded."""
-    app = RoostApp(lambda: load(demo_gguf, Plan(n_ctx=2048)), "SmolLM2", params, system)
-
-    async def main(pilot):
-        await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None)
-        screen = app.screen
-        await scenario(app, screen, pilot)
-        screen.cancel.set()
-        await until(pilot, lambda: not screen.generating)
-
-    drive(app, main)
-
-
-def notes(app) -> list[str]:
-    return [n.message for n in app._notifications]
 
 
 def text(widget) -> str:
@@ -158,11 +129,9 @@ def test_settings_change_sampling_and_system_prompt(demo_gguf):
         assert screen.session.params.temperature == 1.5 and not screen.query(".assistant")
         assert "New chat with the new system prompt" in notes(app)
 
-    chat(scenario, demo_gguf)
+    chat(scenario, demo_gguf, SHORT)
 
 
-@pytest.mark.xfail(strict=True, reason="ChatScreen.reopen keeps the screen's system prompt, so Settings "
-                   "shows and compares against a prompt the reopened conversation does not use")
 def test_settings_show_the_system_prompt_of_a_reopened_conversation(demo_gguf):
     async def scenario(app, screen, pilot):
         await ask_and_wait(screen, pilot, "Hi")  # saved with the pirate prompt
@@ -176,7 +145,7 @@ def test_settings_show_the_system_prompt_of_a_reopened_conversation(demo_gguf):
         assert isinstance(app.screen, SettingsScreen)
         assert app.screen.query_one("#system").text == "Be a pirate."
 
-    chat(scenario, demo_gguf, system="Be a pirate.")
+    chat(scenario, demo_gguf, SHORT, system="Be a pirate.")
 
 
 # -- prompt ---------------------------------------------------------------------------
@@ -200,7 +169,7 @@ def test_prompt_newlines_enter_and_recall(demo_gguf):
         await pilot.press("a", "ctrl+j", "b", "up")  # ↑ below the first line moves the cursor
         assert prompt.value == "a\nb" and prompt.cursor_location[0] == 0
 
-    chat(scenario, demo_gguf)
+    chat(scenario, demo_gguf, SHORT)
 
 
 class PromptApp(App):
@@ -208,8 +177,6 @@ class PromptApp(App):
         yield PromptArea(id="prompt")
 
 
-@pytest.mark.xfail(strict=True, reason="PromptArea._recall: ↓ past the newest question sets the text to '', "
-                   "erasing the prompt being typed")
 def test_down_keeps_the_prompt_being_typed():
     app = PromptApp()
 
@@ -240,7 +207,7 @@ def test_copy_the_last_answer(demo_gguf):
         assert app.clipboard == last
         assert f"Copied the last answer ({len(last)} characters) through the terminal" in notes(app)
 
-    chat(scenario, demo_gguf)
+    chat(scenario, demo_gguf, SHORT)
 
 
 def test_switching_model_is_refused_while_answering(demo_gguf, picked):

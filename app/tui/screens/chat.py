@@ -83,9 +83,10 @@ class ChatScreen(Screen):
 
     def _show_memory(self) -> None:
         if self.engine is not None:
-            import psutil
+            from roost import hardware
 
-            self.query_one(StatusBar).show_memory(self.engine.memory(), psutil.virtual_memory().available)
+            gpus = self.engine.info().device == "CUDA"  # NVML is asked only where the model is on one
+            self.query_one(StatusBar).show_memory(self.engine.memory(), hardware.free_memory(gpus=gpus))
 
     # -- asking ---------------------------------------------------------------------
 
@@ -127,7 +128,7 @@ class ChatScreen(Screen):
     def generate(self, text: str, answer: Markdown) -> None:
         # post_message hands over and returns at once: the engine never waits for drawing
         # (call_from_thread would block this thread until the screen had redrawn).
-        pending, last_flush, last = [], time.perf_counter(), None
+        pending, last_flush, last = [], 0.0, None  # the first token is drawn at once
         try:
             for event in self.session.send(text, self.cancel):
                 if isinstance(event, Token):
@@ -194,7 +195,8 @@ class ChatScreen(Screen):
             return
         saved = history.Conversation(path)
         meta, messages = saved.load()
-        self.session = Session(self.engine, self.params, system=meta.get("system"), messages=messages, saved=saved)
+        self.system = self.app.system = meta.get("system")  # the settings show what it runs under
+        self.session = Session(self.engine, self.params, system=self.system, messages=messages, saved=saved)
         conversation = self.query_one("#conversation", VerticalScroll)
         conversation.remove_children()
         for m in messages:

@@ -22,6 +22,7 @@ class PromptArea(TextArea):
                          show_line_numbers=False, tab_behavior="focus", compact=True)
         self.asked: list[str] = []
         self._recall_at = 0
+        self._draft = ""  # what was being typed before ↑ went back through the questions
 
     @property
     def value(self) -> str:
@@ -47,6 +48,7 @@ class PromptArea(TextArea):
     def remember(self, question: str) -> None:
         self.asked.append(question)
         self._recall_at = len(self.asked)
+        self._draft = ""
 
     # ↑ on the first line and ↓ on the last walk through earlier questions, as in a shell;
     # elsewhere they move the cursor within the text.
@@ -57,11 +59,13 @@ class PromptArea(TextArea):
             self._recall(-1)
 
     def action_cursor_down(self, select: bool = False) -> None:
-        if select or not self.cursor_at_last_line or not self.asked:
+        if select or not self.cursor_at_last_line or self._recall_at >= len(self.asked):
             super().action_cursor_down(select)
         else:
             self._recall(1)
 
     def _recall(self, step: int) -> None:
+        if self._recall_at == len(self.asked):
+            self._draft = self.text
         self._recall_at = max(0, min(len(self.asked), self._recall_at + step))
-        self.value = self.asked[self._recall_at] if self._recall_at < len(self.asked) else ""
+        self.value = self.asked[self._recall_at] if self._recall_at < len(self.asked) else self._draft

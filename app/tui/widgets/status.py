@@ -30,11 +30,16 @@ class StatusBar(Horizontal):
         self.query_one("#context", ProgressBar).update(total=n_ctx, progress=used)
         self.query_one("#context-label", Static).update(f"ctx {used}/{n_ctx}")
 
-    def show_memory(self, reading, free_ram: int) -> None:
+    def show_memory(self, reading, free) -> None:
+        """This process (RSS, the engine's own buffers, its VRAM), then what is free:
+        RAM or unified memory, and each GPU's VRAM."""
         engine = f" · engine {size(sum(reading.buffers.values()))}" if reading.buffers else ""
         vram = f" · VRAM {size(reading.device_used_bytes)}" if reading.device_used_bytes else ""
+        ram = "unified" if free.unified else "RAM"
+        gpus = "".join(f" · GPU{i} {size(f)}/{size(t)}" for i, (f, t) in enumerate(free.gpus))
         self.query_one("#memory", Static).update(
-            f"RSS {size(reading.rss_bytes)}{engine}{vram} · RAM free {size(free_ram)}")
+            f"RSS {size(reading.rss_bytes)}{engine}{vram} · free: {ram} {size(free.ram_available_bytes)}"
+            f"/{size(free.ram_total_bytes)}{gpus}")
 
     def show_text(self, text: str) -> None:
         self.query_one("#speed", Static).update(text)

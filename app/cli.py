@@ -13,7 +13,6 @@ import sys
 
 from roost import __version__
 from roost.errors import RoostError, UsageError
-
 from roost.loading import DEFAULT_CTX
 
 EXIT_INTERRUPTED = 130

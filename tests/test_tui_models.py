@@ -42,6 +42,17 @@ async def choose(pilot, text: str):
     await pilot.press("enter")
 
 
+async def download_stalling(hub, pilot, after: int) -> str:
+    """Start downloading the demo's catalog twin; the connection stalls once `after`
+    bytes are through (then drops), so the screen can be seen mid-download."""
+    offer = pilot.app.screen.offers[NAME]
+    filename = offer.file_for(offer.pick.quant.name).file
+    reached = hub.stall_after(filename, after, seconds=1.0)
+    await choose(pilot, NAME)
+    assert await asyncio.to_thread(reached.wait, 60)
+    return filename
+
+
 def test_list_filters_and_refuses_what_does_not_fit(hub, home, monkeypatch):
     in_process(hub, home, monkeypatch)
 
@@ -73,13 +84,7 @@ def test_download_shows_progress_then_opens_the_chat(hub, home, monkeypatch):
 
     async def scenario(app, pilot):
         screen = app.screen
-        offer = screen.offers[NAME]
-        filename = offer.file_for(offer.pick.quant.name).file
-        # The connection stalls after 8 MB, then drops: progress is on screen meanwhile,
-        # and the download goes on after the drop.
-        reached = hub.stall_after(filename, 8 * 1024**2, seconds=1.0)
-        await choose(pilot, NAME)
-        assert await asyncio.to_thread(reached.wait, 60)
+        filename = await download_stalling(hub, pilot, 8 * 1024**2)  # the download goes on after the drop
         await until(pilot, lambda: "MiB of" in str(screen.query_one("#download-rate").render()))
         assert screen.query_one("#download").display
         await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None)
@@ -97,10 +102,7 @@ def test_escape_cancels_a_download_and_keeps_nothing(hub, home, monkeypatch):
 
     async def scenario(app, pilot):
         screen = app.screen
-        offer = screen.offers[NAME]
-        reached = hub.stall_after(offer.file_for(offer.pick.quant.name).file, 4 * 1024**2, seconds=1.0)
-        await choose(pilot, NAME)
-        assert await asyncio.to_thread(reached.wait, 60)
+        await download_stalling(hub, pilot, 4 * 1024**2)
         await pilot.press("escape")
         await until(pilot, lambda: "cancelled" in " ".join(notes(app)))
         assert app.screen is screen and not screen.query_one("#download").display

@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Markdown, Static
 
 from roost import history
-from roost.backends.base import Cancel, Done, Engine, Params, Token
+from roost.backends.base import Cancel, Done, Engine, EngineInfo, Params, Token
 from roost.session import Session
 from roost.tui.screens.history import HistoryScreen
 from roost.tui.screens.settings import SettingsScreen
@@ -43,6 +43,7 @@ class ChatScreen(Screen):
         super().__init__()
         self.load_engine, self.params, self.system, self.model_name = load_engine, params, system, model_name
         self.engine: Engine | None = None
+        self.engine_info: EngineInfo | None = None
         self.session: Session | None = None
         self.cancel = Cancel()
         self.generating = False
@@ -74,7 +75,7 @@ class ChatScreen(Screen):
         prompt.disabled = False
         prompt.placeholder = "Ask something (Enter to send, Ctrl+J for a new line, Esc to stop)"
         prompt.focus()
-        info = engine.info()
+        self.engine_info = info = engine.info()  # fixed once loaded; read on every redraw
         status = self.query_one(StatusBar)
         status.show_text(f"{info.engine} on {info.device} · ready")
         status.show_context(0, info.n_ctx)
@@ -85,7 +86,7 @@ class ChatScreen(Screen):
         if self.engine is not None:
             from roost import hardware
 
-            gpus = self.engine.info().device == "CUDA"  # NVML is asked only where the model is on one
+            gpus = self.engine_info.device == "CUDA"  # NVML is asked only where the model is on one
             self.query_one(StatusBar).show_memory(self.engine.memory(), hardware.free_memory(gpus=gpus))
 
     # -- asking ---------------------------------------------------------------------
@@ -153,7 +154,7 @@ class ChatScreen(Screen):
             self.rates.append(token.decode_tps)
             status.show_rates(self.rates)
         status.show_speed(token.decode_tps, None, token.ttft_s)
-        status.show_context(token.prompt_tokens + token.generated, self.engine.info().n_ctx)
+        status.show_context(token.prompt_tokens + token.generated, self.engine_info.n_ctx)
         await message.answer.append(message.text)
         self.query_one("#conversation", VerticalScroll).scroll_end(animate=False)
 
@@ -184,7 +185,7 @@ class ChatScreen(Screen):
         self.cancel.set()  # an answer in flight stops within a token and is dropped with its chat
         self.session = Session(self.engine, self.params, system=self.system)
         self.query_one("#conversation", VerticalScroll).remove_children()
-        self.query_one(StatusBar).show_context(0, self.engine.info().n_ctx)
+        self.query_one(StatusBar).show_context(0, self.engine_info.n_ctx)
 
     def action_open_history(self) -> None:
         if self.session is not None and not self.generating:

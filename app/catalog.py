@@ -22,6 +22,7 @@ CATALOG = Path(__file__).resolve().parent.parent / "models.toml"
 
 # Quant names as they appear in GGUF file names ("…-Q4_K_M.gguf", "….IQ3_XXS.gguf").
 QUANT_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(I?Q\d+_[A-Z0-9_]+?|Q\d+_\d|BF16|F16|F32|TQ\d_\d|MXFP4)(?=[.-])", re.I)
+MLX_BITS = re.compile(r"\d+-?bit", re.I)  # an MLX build by its width: NAME:4bit
 SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
@@ -197,7 +198,7 @@ def resolve(text: str) -> Ref:
         model = catalog[name]
         if model.bundled:
             return Ref(text, path=bundled_path(model.bundled))
-        if extra:
+        if extra and not (model.mlx and MLX_BITS.fullmatch(extra)):
             model.file_for(extra)  # an unknown quant fails here, before any network
         return Ref(text, model=model, quant=extra or None)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name):

@@ -12,10 +12,13 @@ import signal
 import sys
 
 from roost import __version__
+from roost.backends import ENGINES
 from roost.errors import RoostError, UsageError
 from roost.loading import DEFAULT_CTX
 
 EXIT_INTERRUPTED = 130
+ENGINE_HELP = ("llama (llama.cpp) or mlx (MLX model folders, MLX builds of catalog models); "
+               "default: MLX on Apple Silicon where the model has an MLX build that fits, else llama")
 
 
 def _positive_int(text: str) -> int:
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stats", action="store_true", help="print speed, time to first token and memory to stderr")
     run.add_argument("--json", action="store_true", help="print one JSON object with the text and all stats")
     run.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
+    run.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     run.set_defaults(handler=cmd_run)
 
     fit = commands.add_parser(
@@ -87,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("model", metavar="MODEL")
     pull.add_argument("-c", "--ctx", type=_positive_int, help=f"plan for this context (default {DEFAULT_CTX})")
     pull.add_argument("-y", "--yes", action="store_true", help="do not ask before downloading")
+    pull.add_argument("--engine", choices=ENGINES, help="mlx: pull the catalog's MLX build (default: the engine roost would run it with)")
     pull.set_defaults(handler=cmd_pull)
 
     ls = commands.add_parser("ls", help="downloaded models")
@@ -113,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--threads", type=_positive_int)
     chat.add_argument("--gpu-layers", type=int)
     chat.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
+    chat.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     chat.set_defaults(handler=cmd_chat)
 
     doctor = commands.add_parser("doctor", help="check this machine and roost's engines", description="The machine, the engines that can run here, and fixes for common mismatches.")
@@ -166,9 +172,9 @@ def cmd_run(args) -> int:
     from roost.session import Session
 
     prompt = _read_prompt(args.prompt)
-    path, _, plan = _loading_plan(args)
+    path, _, plan, engine_name = _loading_plan(args)
     loading = time.perf_counter()
-    engine = load(path, plan)
+    engine = load(path, plan, engine=engine_name)
     load_s = time.perf_counter() - loading
     params = Params(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     session = Session(engine, params, system=args.system)
@@ -203,16 +209,23 @@ def cmd_run(args) -> int:
 
 
 def _loading_plan(args):
-    """The file and load plan for run and chat: resolved, pulled if need be, and checked
-    to fit before anything is loaded."""
-    from roost import hardware, loading
+    """(path, name, plan, engine) for run and chat: the engine chosen, the model resolved
+    and pulled if need be, and checked to fit before anything is loaded."""
+    from roost import catalog, hardware, loading
 
+    ref = catalog.resolve(args.model)
     offload = loading.can_offload()
     loading.check_gpu_layers(args.gpu_layers, offload)  # before any download
     machine = hardware.detect(gpus=offload)
-    path = _model_file(args.model, machine, args.ctx, yes=args.yes, can_ask=sys.stdin is not None and sys.stdin.isatty())
+    engine = loading.engine_for(args.engine, ref, machine)
+    can_ask = sys.stdin is not None and sys.stdin.isatty()
+    if engine == "mlx":
+        path = _mlx_folder(ref, machine, args.ctx, yes=args.yes, can_ask=can_ask)
+        name, plan = loading.plan_mlx(path, machine, args.ctx)
+        return path, name, plan, engine
+    path = _model_file(ref, machine, args.ctx, yes=args.yes, can_ask=can_ask)
     info, plan = loading.plan(path, machine, offload, args.ctx, args.gpu_layers, args.threads)
-    return path, info, plan
+    return path, info.name, plan, engine
 
 
 def cmd_chat(args) -> int:
@@ -229,8 +242,8 @@ def cmd_chat(args) -> int:
         app = RoostApp(params=params, system=args.system, machine=hardware.detect(gpus=offload),
                        load_options={"ctx": args.ctx, "gpu_layers": args.gpu_layers, "threads": args.threads})
     else:
-        path, info, plan = _loading_plan(args)
-        app = RoostApp(lambda: load(path, plan), info.name, params, system=args.system)
+        path, name, plan, engine = _loading_plan(args)
+        app = RoostApp(lambda: load(path, plan, engine=engine), name, params, system=args.system)
     app.run()
     return 0
 
@@ -280,29 +293,46 @@ def cmd_fit(args) -> int:
     return 0 if ranking.pick else 1
 
 
-def _model_file(text: str, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
-    """A local file for a model reference, downloading it first if need be (asking,
+def _model_file(ref, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
+    """A local GGUF for a model reference, downloading it first if need be (asking,
     unless --yes)."""
-    from roost import catalog, library, report
+    from roost import library, report
 
-    ref = catalog.resolve(text)
     if ref.path:
         return ref.path
     if ref.repo:  # outside the catalog: what is downloaded needs no network to find
-        have = library.find_downloaded(text)
+        have = library.find_downloaded(ref.text)
         if have:
             return max(have, key=lambda d: d.size).path
     choice = library.choose(ref, machine, ctx or DEFAULT_CTX)
     path = library.cached_path(choice.repo_id, choice.file)
     if path:
         return path
-    what = f"{choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})"
-    if not yes:
-        if not can_ask:
-            raise UsageError(f"{text} is not downloaded yet: run `roost pull {text}` first, or add --yes")
-        if not _confirm(f"{text} is not downloaded yet. Download {what} now?"):
-            raise UsageError("not downloaded; nothing was changed")
-    return _pull(choice)
+    _ask_to_download(ref.text, f"{choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})", yes, can_ask)
+    return _pull(lambda **kw: library.pull(choice.repo_id, choice.file, **kw))
+
+
+def _mlx_folder(ref, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
+    """A local MLX model folder for a reference, pulled first if need be."""
+    from roost import mlx_models
+
+    if ref.path:
+        return ref.path
+    repo = ref.repo or mlx_models.pick(ref.model, machine, ctx or DEFAULT_CTX, ref.quant)[0]
+    folder = mlx_models.cached_dir(repo)
+    if folder:
+        return folder
+    _ask_to_download(ref.text, f"the MLX build {repo}", yes, can_ask)
+    return _pull(lambda **kw: mlx_models.pull(repo, **kw))
+
+
+def _ask_to_download(text: str, what: str, yes: bool, can_ask: bool) -> None:
+    if yes:
+        return
+    if not can_ask:
+        raise UsageError(f"{text} is not downloaded yet: run `roost pull {text}` first, or add --yes")
+    if not _confirm(f"{text} is not downloaded yet. Download {what} now?"):
+        raise UsageError("not downloaded; nothing was changed")
 
 
 def _confirm(question: str) -> bool:
@@ -311,13 +341,13 @@ def _confirm(question: str) -> bool:
     return sys.stdin.readline().strip().lower() in ("", "y", "yes")
 
 
-def _pull(choice) -> str:
-    from roost import library
+def _pull(fetch) -> str:
+    """Run a download with a progress bar on stderr; the first Ctrl-C cancels it."""
     from roost.backends.base import Cancel
 
     cancel = Cancel()
     with _download_bar() as on_progress, _first_interrupt_cancels(cancel):
-        return library.pull(choice.repo_id, choice.file, on_progress=on_progress, cancel=cancel)
+        return fetch(on_progress=on_progress, cancel=cancel)
 
 
 class _download_bar:
@@ -345,12 +375,15 @@ class _download_bar:
 
 
 def cmd_pull(args) -> int:
-    from roost import catalog, hardware, library, report
+    from roost import catalog, hardware, library, loading, report
 
     machine = hardware.detect()
     ref = catalog.resolve(args.model)
     if ref.path:
         raise UsageError(f"{args.model} is a local file: nothing to pull")
+    if loading.engine_for(args.engine, ref, machine) == "mlx":
+        print(_mlx_folder(ref, machine, args.ctx, yes=args.yes, can_ask=sys.stdin is not None and sys.stdin.isatty()))
+        return 0
     choice = library.choose(ref, machine, args.ctx or DEFAULT_CTX)
     if choice.ranking is not None:
         print(report.ranking(ref.model.name if ref.model else ref.repo, choice.shape, choice.ranking), file=sys.stderr)
@@ -361,7 +394,7 @@ def cmd_pull(args) -> int:
     if not args.yes and sys.stdin is not None and sys.stdin.isatty():
         if not _confirm(f"Download {choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})?"):
             return 1
-    print(_pull(choice))
+    print(_pull(lambda **kw: library.pull(choice.repo_id, choice.file, **kw)))
     return 0
 
 

@@ -411,16 +411,24 @@ def largest_context(shape: Shape, quant: Quant, b: Budget, up_to: int) -> int:
 
 def plan_file(info, n_ctx: int, machine: Machine, can_offload: bool, gpu_layers: int | None = None):
     """How to load one GGUF for a run: (Plan, Option), or ModelTooBig before any loading."""
+    shape = Shape.from_gguf(info)
+    return plan_quant(info.name, shape, Quant.from_gguf(info, shape), n_ctx, machine, can_offload, gpu_layers)
+
+
+def plan_quant(name: str, shape: Shape, quant: Quant, n_ctx: int, machine: Machine, use_gpu: bool,
+               gpu_layers: int | None = None):
+    """How to load one model for a run, whatever the engine: (Plan, Option), or
+    ModelTooBig before any loading."""
     from roost.backends.base import Plan
     from roost.errors import ModelTooBig
 
-    shape, ranking = for_gguf(info, n_ctx, machine, use_gpu=can_offload)
+    ranking = rank(shape, [quant], n_ctx, machine, use_gpu)
     chosen = ranking.options[0]
     if chosen.fit == "no" and gpu_layers is None:
         fits_at = largest_context(shape, chosen.quant, ranking.budget, n_ctx)
         hint = (f"it would fit with --ctx {fits_at}" if fits_at >= 256
                 else "it does not fit at any context; pick a smaller quant or model")
-        raise ModelTooBig(f"{info.name} does not fit in memory at {n_ctx} tokens of context: "
+        raise ModelTooBig(f"{name} does not fit in memory at {n_ctx} tokens of context: "
                           f"it {chosen.why_not}; {hint}")
     layers = chosen.n_gpu_layers if gpu_layers is None else gpu_layers
-    return Plan(n_ctx=n_ctx, n_gpu_layers=layers if can_offload else 0), chosen
+    return Plan(n_ctx=n_ctx, n_gpu_layers=layers if use_gpu else 0), chosen

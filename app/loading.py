@@ -41,3 +41,40 @@ def plan(path: str, machine, offload: bool, ctx: int | None = None, gpu_layers: 
     info = gguf_info.read(path)
     chosen, _ = fit.plan_file(info, context(ctx, info.name, info.n_ctx_train), machine, offload, gpu_layers)
     return info, replace(chosen, n_threads=threads) if threads else chosen
+
+
+def engine_for(requested: str | None, ref, machine) -> str:
+    """The engine that runs a model reference here: the one asked for if it can, else
+    MLX on Apple Silicon where the catalog has an MLX build that fits, else llama.cpp."""
+    from roost import mlx_models
+
+    folder = ref.path is not None and mlx_models.is_model_dir(ref.path)
+    if requested == "llama":
+        if folder:
+            raise UsageError(f"{ref.text} is an MLX model folder; llama.cpp runs .gguf files (use --engine mlx)")
+        return "llama"
+    if requested == "mlx" or folder:
+        why = mlx_models.unavailable()
+        if why:
+            raise UsageError(f"the MLX engine cannot run here: {why}")
+        if ref.path is not None and not folder:
+            raise UsageError(f"{ref.text} is not an MLX model: MLX runs model folders (config.json and "
+                             ".safetensors), not .gguf files; use --engine llama for this one")
+        if ref.model is not None and not ref.model.mlx:
+            raise UsageError(f"{ref.model.name} has no MLX build in the catalog; use --engine llama")
+        return "mlx"
+    if (ref.model is not None and ref.model.mlx and machine.apple is not None and mlx_models.unavailable() is None
+            and mlx_models.fits(ref.model, machine, DEFAULT_CTX)):
+        return "mlx"
+    return "llama"
+
+
+def plan_mlx(path: str, machine, ctx: int | None = None):
+    """(name, Plan) for an MLX model folder; ModelTooBig before any loading. MLX places
+    everything on the GPU of a Mac, and on the CPU elsewhere."""
+    from roost import fit, mlx_models
+
+    model = mlx_models.local(path)
+    n_ctx = context(ctx, model.name, model.shape.n_ctx_train)
+    chosen, _ = fit.plan_quant(model.name, model.shape, model.quant, n_ctx, machine, use_gpu=machine.apple is not None)
+    return model.name, chosen

@@ -5,7 +5,7 @@ from __future__ import annotations
 from roost.backends.base import Engine, Plan
 from roost.errors import UsageError
 
-ENGINES = ("llama",)
+ENGINES = ("llama", "mlx")
 
 
 def load(model_path: str, plan: Plan = Plan(), engine: str = "llama") -> Engine:
@@ -16,4 +16,10 @@ def load(model_path: str, plan: Plan = Plan(), engine: str = "llama") -> Engine:
         except ImportError as e:
             raise UsageError(f"llama.cpp is not available ({e}); install it with: pip install llama-cpp-python") from None
         return LlamaCppEngine(model_path, plan)
+    if engine == "mlx":
+        try:
+            from roost.backends.mlx import MlxEngine
+        except ImportError as e:
+            raise UsageError(f"MLX is not available ({e}); install it with: pip install 'roost[mlx]'") from None
+        return MlxEngine(model_path, plan)
     raise UsageError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")

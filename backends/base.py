@@ -125,6 +125,7 @@ class MemoryReading:
     peak_rss_bytes: int  # this process, high-water mark
     device_used_bytes: int | None = None  # GPU memory the engine holds, where known
     buffers: dict[str, int] = field(default_factory=dict)  # engine-reported, e.g. {"model": …, "kv": …}
+    engine_peak_bytes: int | None = None  # the engine's own high-water mark, where it keeps one (MLX)
 
     def as_dict(self) -> dict:
         return asdict(self)

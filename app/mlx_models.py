@@ -1,0 +1,198 @@
+"""MLX models: folders of config.json, tokenizer files and safetensors weights, as
+mlx-community publishes them. Sized for the fit planner from their config.json and the
+bytes of their weights; found in or pulled into the Hugging Face cache file by file,
+with the same checks as a GGUF download."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+
+from roost import fit
+from roost.catalog import Model
+from roost.errors import ModelFileError, RoostError
+
+# What mlx-lm reads from a repo: mlx-community repos also carry READMEs and, at times,
+# the original checkpoint's files, which are not needed.
+NEEDED = ("*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken", "*.txt", "*.py")
+# Affine quantization keeps a scale and a bias (16 bits each) per group of 64 weights.
+GROUP_OVERHEAD_BITS = 32 / 64
+
+
+def unavailable() -> str | None:
+    """Why MLX cannot run here, or None when it can."""
+    if sys.platform == "darwin" and platform.machine() != "arm64":
+        return "MLX needs Apple Silicon; this Mac has an Intel CPU"
+    if sys.platform not in ("darwin", "linux"):
+        return "MLX runs on macOS (Apple Silicon) and Linux only"
+    if importlib.util.find_spec("mlx_lm") is None:
+        return "MLX is not installed: pip install 'roost[mlx]'"
+    return None
+
+
+def is_model_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def read_config(path: str) -> dict:
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{path}/config.json cannot be read: {e}") from None
+    # Vision-language checkpoints keep the language model's numbers one level down.
+    return {**config, **config.get("text_config", {})}
+
+
+def shape(config: dict) -> fit.Shape:
+    try:
+        n_layer, n_embd, n_head = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
+        n_ff, n_vocab = config.get("intermediate_size", 4 * n_embd), config["vocab_size"]
+    except KeyError as e:
+        raise ModelFileError(f"config.json has no {e.args[0]}: not a language model roost can size") from None
+    n_head_kv = config.get("num_key_value_heads") or n_head
+    head_dim = config.get("head_dim") or n_embd // n_head
+    n_expert = config.get("num_experts") or config.get("num_local_experts") or config.get("n_routed_experts") or 0
+    tied = config.get("tie_word_embeddings", False)
+    attention = n_embd * head_dim * (2 * n_head + 2 * n_head_kv)
+    mlp = 3 * n_embd * n_ff * max(n_expert, 1)
+    return fit.Shape(
+        n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=(n_head_kv,) * n_layer,
+        head_dim_k=head_dim, head_dim_v=head_dim, n_vocab=n_vocab,
+        n_ctx_train=config.get("max_position_embeddings", 0),
+        n_params=n_vocab * n_embd * (1 if tied else 2) + n_layer * (attention + mlp),
+        tied_embeddings=tied, n_expert=n_expert, n_expert_used=config.get("num_experts_per_tok", 0),
+    )
+
+
+def quant_name(config: dict) -> str:
+    q = config.get("quantization") or {}
+    if "bits" in q:
+        return f"{q['bits']}bit"
+    return str(config.get("torch_dtype") or config.get("dtype") or "float")
+
+
+def weight_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if n.endswith(".safetensors"))
+
+
+@dataclass(frozen=True)
+class Local:
+    """An MLX model folder on disk, sized for the planner."""
+
+    path: str
+    name: str
+    shape: fit.Shape
+    quant: fit.Quant
+
+
+def local(path: str) -> Local:
+    config = read_config(path)
+    s = shape(config)
+    size = weight_bytes(path)
+    if size == 0:
+        raise ModelFileError(f"{path} has no .safetensors weights: download it again")
+    name = _repo_of_snapshot(path) or os.path.basename(os.path.normpath(path))
+    return Local(path, name, s, fit.Quant.from_size(s, quant_name(config), size))
+
+
+def _repo_of_snapshot(path: str) -> str | None:
+    """owner/name for a folder inside the Hugging Face cache."""
+    parts = os.path.normpath(path).split(os.sep)
+    for part in reversed(parts):
+        if part.startswith("models--"):
+            return part.removeprefix("models--").replace("--", "/")
+    return None
+
+
+# -- catalog builds -------------------------------------------------------------
+
+
+def builds(model: Model) -> list[tuple[str, fit.Quant]]:
+    """The catalog's MLX builds of a model, as (repo, quant) sized from the parameter
+    count: the catalog lists their repos, not their bytes."""
+    s = model.shape()
+    out = []
+    for bits, repo in sorted(model.mlx.items(), key=lambda kv: int(kv[0])):
+        size = int(model.params * (int(bits) + GROUP_OVERHEAD_BITS) / 8)
+        out.append((repo, fit.Quant.from_size(s, f"{bits}bit", size)))
+    return out
+
+
+def pick(model: Model, machine, n_ctx: int, bits: str | None = None) -> tuple[str, fit.Ranking | None]:
+    """The MLX repo of a catalog model to run here: the bits asked for, else the best
+    quality that fits. Raises when none does."""
+    available = builds(model)
+    if bits:
+        wanted = bits.lower().removesuffix("bit").removesuffix("-")
+        for repo, q in available:
+            if q.name == f"{wanted}bit":
+                return repo, None
+        raise RoostError(f"{model.name} has no {bits} MLX build; it has: {', '.join(q.name for _, q in available)}")
+    ranking = fit.rank(model.shape(), [q for _, q in available], min(n_ctx, model.context), machine)
+    if ranking.pick is None or ranking.pick.fit != "full":
+        raise RoostError(f"no MLX build of {model.name} fits on this machine: {ranking.reason}")
+    return next(repo for repo, q in available if q.name == ranking.pick.quant.name), ranking
+
+
+def fits(model: Model, machine, n_ctx: int) -> bool:
+    try:
+        pick(model, machine, n_ctx)
+    except RoostError:
+        return False
+    return True
+
+
+# -- the Hub ----------------------------------------------------------------------
+
+
+def cached_dir(repo_id: str) -> str | None:
+    """The downloaded folder of an MLX repo, found with no network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(config, str) and os.path.exists(config):
+        folder = os.path.dirname(config)
+        if weight_bytes(folder) and _complete(folder):
+            return folder
+    return None
+
+
+def _complete(folder: str) -> bool:
+    """A folder whose safetensors index (where there is one) names no missing file."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if not os.path.exists(index):
+        return True
+    with open(index) as f:
+        files = set(json.load(f).get("weight_map", {}).values())
+    return all(os.path.exists(os.path.join(folder, name)) for name in files)
+
+
+def remote_files(repo_id: str) -> list[tuple[str, int]]:
+    """(file, size) of what mlx-lm needs from the repo."""
+    from huggingface_hub import HfApi
+
+    from roost.download import _HubCall
+
+    with _HubCall(repo_id):
+        info = HfApi().model_info(repo_id, files_metadata=True)
+    files = [(s.rfilename, s.size or 0) for s in info.siblings or []
+             if "/" not in s.rfilename and any(fnmatch.fnmatch(s.rfilename, p) for p in NEEDED)]
+    if not any(name == "config.json" for name, _ in files) or not any(n.endswith(".safetensors") for n, _ in files):
+        raise RoostError(f"{repo_id} is not an MLX model repo (no config.json and .safetensors weights)")
+    return files
+
+
+def pull(repo_id: str, on_progress=None, cancel=None) -> str:
+    """Download an MLX repo's files, each checked as a GGUF is; the folder's path."""
+    from roost import download
+
+    files = remote_files(repo_id)
+    download.check_disk(sum(size for _, size in files))
+    paths = [download.download(repo_id, name, on_progress=on_progress, cancel=cancel) for name, _ in files]
+    return os.path.dirname(paths[0])

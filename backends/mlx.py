@@ -1,0 +1,203 @@
+"""MLX through mlx-lm: a thin adapter from `stream_generate` to roost's Engine.
+
+mlx-lm's responses already carry prompt and generation tok/s and peak memory, so the
+stats are read from them and never timed again here; roost adds only the time spent
+rendering and tokenizing before mlx-lm starts, which belongs in time to first token.
+The prompt is rendered by roost.chat_template (sandboxed) exactly as for llama.cpp,
+and one prompt cache lives across turns, cut back to the prefix the next prompt shares.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Iterator, Sequence
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+from mlx_lm import stream_generate
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import make_logits_processors, make_sampler
+from mlx_lm.utils import load as load_model
+
+from roost import memory
+from roost.backends.base import Cancel, Done, EngineInfo, Event, MemoryReading, Message, Params, Plan, Stats, Token
+from roost.backends.streaming import ChatPrompt, StopMatcher, check_fits, reusable_prefix
+from roost.errors import ModelFileError
+
+
+class _Cancelled(Exception):
+    """Raised from mlx-lm's prefill progress hook: the only way into its prefill loop."""
+
+
+def check_model_dir(path: str) -> None:
+    """An MLX model is a directory with config.json and safetensors weights."""
+    if not os.path.isdir(path):
+        raise ModelFileError(f"{path} is not an MLX model directory (MLX models are folders with config.json and *.safetensors)")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelFileError(f"{path} has no config.json: not an MLX model directory")
+    if not any(name.endswith(".safetensors") for name in os.listdir(path)):
+        raise ModelFileError(f"{path} has no .safetensors weights: download it again")
+
+
+def device() -> str:
+    if mx.default_device().type != mx.gpu:
+        return "CPU"
+    return "Metal" if sys.platform == "darwin" else "CUDA"
+
+
+class MlxEngine:
+    name = "mlx"
+
+    def __init__(self, model_path: str, plan: Plan = Plan()):
+        check_model_dir(model_path)
+        self.model_path = model_path
+        self.plan = plan
+        try:
+            self._model, self._tokenizer = load_model(model_path)
+        except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+            raise ModelFileError(f"mlx-lm could not load {model_path}: {e}") from None
+        with open(os.path.join(model_path, "config.json")) as f:
+            self._n_ctx_train = json.load(f).get("max_position_embeddings")
+        tok = self._tokenizer
+        self._prompt = ChatPrompt(
+            tok.chat_template,
+            lambda text: tok.encode(text, add_special_tokens=False),
+            tok.bos_token_id,
+            tok.bos_token or "",
+            tok.eos_token or "",
+            # Whether the tokenizer itself would begin a text with BOS.
+            tok.bos_token_id is not None and tok.encode("", add_special_tokens=True)[:1] == [tok.bos_token_id],
+        )
+        self._model_bytes = sum(v.nbytes for _, v in tree_flatten(self._model.parameters()))
+        self._cache = make_prompt_cache(self._model)
+        self._held: list[int] = []  # the tokens whose keys and values the cache holds
+
+    # -- generation -----------------------------------------------------------
+
+    def stream(
+        self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None
+    ) -> Iterator[Event]:
+        cancel = cancel or Cancel()
+        called = time.perf_counter()
+        prompt = self._prompt.tokens(messages)
+        n_ctx = self.plan.n_ctx
+        check_fits(prompt, n_ctx, self._n_ctx_train)
+        cached = self._reuse_prefix(prompt)
+        room = n_ctx - len(prompt)
+        limit = room if params.max_tokens is None else min(params.max_tokens, room)
+        if params.seed is not None:
+            mx.random.seed(params.seed)
+
+        def hook(processed: int, total: int) -> None:
+            if processed < total and cancel.is_set():
+                raise _Cancelled
+
+        generated: list[int] = []
+        responses = stream_generate(
+            self._model, self._tokenizer, prompt[cached:],
+            max_tokens=limit,
+            sampler=make_sampler(params.temperature, params.top_p, params.min_p, top_k=params.top_k),
+            logits_processors=(make_logits_processors(repetition_penalty=params.repeat_penalty)
+                               if params.repeat_penalty != 1.0 else None),
+            prompt_cache=self._cache,
+            prefill_step_size=self.plan.n_batch,
+            prompt_progress_callback=hook,
+        )
+        setup_s = time.perf_counter() - called
+        stops = StopMatcher(params.stop)
+        text: list[str] = []
+        timing = dict(prefill_s=0.0, decode_s=0.0, ttft_s=0.0)
+        reason = "cancelled"
+        try:
+            for r in responses:
+                generated.append(r.token)
+                prefill_s = r.prompt_tokens / r.prompt_tps
+                timing = dict(prefill_s=prefill_s, decode_s=r.generation_tokens / r.generation_tps,
+                              ttft_s=setup_s + prefill_s)
+                piece, stopped = stops.feed(r.text)
+                if piece:
+                    text.append(piece)
+                    yield Token(piece, r.generation_tokens, timing["decode_s"], timing["ttft_s"], len(prompt))
+                if stopped:
+                    reason = "stop"
+                    break
+                if r.finish_reason is not None:
+                    asked = params.max_tokens is not None and params.max_tokens <= room
+                    reason = "stop" if r.finish_reason == "stop" else "length" if asked else "context"
+                    break
+                if cancel.is_set():
+                    break
+        except _Cancelled:
+            pass
+        finally:
+            responses.close()
+            self._held = (prompt + generated)[: self._cache[0].offset]
+        if reason != "stop":
+            tail = stops.flush()
+            if tail:
+                text.append(tail)
+                yield Token(tail, len(generated), timing["decode_s"], timing["ttft_s"], len(prompt))
+        yield Done(
+            text="".join(text),
+            stats=Stats(
+                prompt_tokens=len(prompt),
+                cached_tokens=cached,
+                generated_tokens=len(generated),
+                stop_reason=reason,
+                n_ctx=n_ctx,
+                peak_rss_bytes=memory.peak_rss_bytes(),
+                **timing,
+            ),
+        )
+
+    def _reuse_prefix(self, prompt: list[int]) -> int:
+        """Cut the cache back to the prefix this prompt shares with what it holds."""
+        shared = reusable_prefix(self._held, prompt)
+        extra = len(self._held) - shared
+        if extra > 0:
+            if can_trim_prompt_cache(self._cache):
+                trim_prompt_cache(self._cache, extra)
+            else:  # e.g. sliding-window or recurrent caches cannot drop a suffix
+                self._cache, shared = make_prompt_cache(self._model), 0
+        self._held = self._held[:shared]
+        return shared
+
+    # -- readings -------------------------------------------------------------
+
+    def memory(self) -> MemoryReading:
+        active, held = mx.get_active_memory(), mx.get_cache_memory()
+        kv = sum(c.nbytes for c in self._cache)
+        return MemoryReading(
+            rss_bytes=memory.rss_bytes(),
+            peak_rss_bytes=memory.peak_rss_bytes(),
+            device_used_bytes=active + held if device() != "CPU" else None,
+            # Summed, these are MLX's active memory plus the freed buffers it keeps for reuse.
+            buffers={"model": self._model_bytes, "kv": kv,
+                     "other": max(0, active - self._model_bytes - kv), "cache": held},
+            engine_peak_bytes=mx.get_peak_memory(),
+        )
+
+    def info(self) -> EngineInfo:
+        from importlib.metadata import version
+
+        where = device()
+        return EngineInfo(
+            engine=self.name,
+            version=version("mlx-lm"),
+            device=where,
+            gpu_offload=where != "CPU",
+            model=self.model_path,
+            n_ctx=self.plan.n_ctx,
+            n_ctx_train=self._n_ctx_train,
+            n_gpu_layers=-1 if where != "CPU" else 0,
+            chat_template=self._prompt.origin,
+            build=f"mlx {mx.__version__} on {mx.default_device()}",
+        )
+
+    def close(self) -> None:
+        self._model = self._tokenizer = self._cache = None
+        self._held = []
+        mx.clear_cache()

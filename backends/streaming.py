@@ -1,0 +1,80 @@
+"""What every local engine's token loop shares, whatever library runs the model: the
+prompt rendered and tokenized the same way, the shared prefix with what the cache
+holds, the refusal of a prompt that does not fit, and stop strings held back."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from roost import chat_template
+from roost.backends.base import Message
+from roost.errors import ContextOverflow
+
+
+class ChatPrompt:
+    """A model's chat template, rendered sandboxed, and its tokenizer, with the BOS token
+    added only where the vocabulary wants one and the template left it out (templates
+    differ on whether they write it themselves)."""
+
+    def __init__(self, template: str | None, tokenize: Callable[[str], list[int]],
+                 bos_id: int | None, bos_text: str, eos_text: str, add_bos: bool):
+        self.template = template or chat_template.CHATML
+        self.origin = "model" if template else "fallback: ChatML (the file has none)"
+        self._tokenize = tokenize
+        self._bos_id, self._bos_text, self._eos_text = bos_id, bos_text, eos_text
+        self._add_bos = add_bos and bos_id is not None
+
+    def tokens(self, messages: Sequence[Message]) -> list[int]:
+        text = chat_template.render(self.template, messages, bos_token=self._bos_text, eos_token=self._eos_text)
+        tokens = self._tokenize(text)
+        if self._add_bos and (not tokens or tokens[0] != self._bos_id):
+            tokens.insert(0, self._bos_id)
+        return tokens
+
+
+def check_fits(prompt: list[int], n_ctx: int, n_ctx_train: int | None) -> None:
+    if len(prompt) >= n_ctx:
+        trained = f" (this model was trained on up to {n_ctx_train})" if n_ctx_train else ""
+        raise ContextOverflow(
+            f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}; shorten it or raise --ctx{trained}"
+        )
+
+
+def reusable_prefix(held: Sequence[int], prompt: Sequence[int]) -> int:
+    """How many leading tokens of the prompt the cache already holds. The last prompt
+    token is always evaluated again: sampling needs its logits."""
+    shared = 0
+    for a, b in zip(held, prompt):
+        if a != b:
+            break
+        shared += 1
+    return min(shared, len(prompt) - 1)
+
+
+class StopMatcher:
+    """Holds back text that may be the start of a stop string, so none is ever shown."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        if not self.stops:
+            return piece, False
+        self.pending += piece
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        keep = max(
+            (k for s in self.stops for k in range(min(len(s) - 1, len(self.pending)), 0, -1)
+             if self.pending.endswith(s[:k])),
+            default=0,
+        )
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out

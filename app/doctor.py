@@ -3,7 +3,6 @@ between their hardware and the builds they installed."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict, dataclass
 
 from roost.hardware import Machine
@@ -33,12 +32,17 @@ def llama_status() -> EngineStatus:
 
 
 def mlx_status(machine: Machine) -> EngineStatus:
-    if machine.apple is None:
-        return EngineStatus("mlx", False, "only for Apple Silicon")
-    if importlib.util.find_spec("mlx_lm") is None:
-        return EngineStatus("mlx", False, "not installed: pip install 'roost[mlx]'")
+    """MLX runs on the GPU of Apple Silicon; its Linux build runs on the CPU, slower than
+    llama.cpp, so it is offered there but never chosen by default."""
+    from roost.mlx_models import unavailable
+
+    why = unavailable()
+    if why:
+        return EngineStatus("mlx", False, why if machine.apple else "for Apple Silicon")
     from importlib.metadata import version
 
+    if machine.apple is None:
+        return EngineStatus("mlx", True, f"mlx-lm {version('mlx-lm')}, CPU build (llama.cpp is faster here)")
     return EngineStatus("mlx", True, f"mlx-lm {version('mlx-lm')}", True)
 
 

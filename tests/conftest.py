@@ -58,11 +58,28 @@ def engine(make_engine):
     return make_engine()
 
 
+def recorded_machine(name: str):
+    """A machine from tests/machines, as hardware.detect sees it."""
+    from roost import hardware
+
+    return hardware.detect(hardware.RecordedProbe.from_file(os.path.join(ROOT, "tests", "machines", name)))
+
+
+@pytest.fixture
+def no_mlx(monkeypatch):
+    """MLX is installed here (its CPU build runs the engine tests): hide it, as on a
+    machine without it."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlx_lm" else real(name, *a))
+
+
 def roost(*args: str, input: str | None = None, timeout: float = 120, machine: str | None = None,
           env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real `roost` command line in a fresh process; `machine` names a recorded
-    machine in tests/machines to stand in for this one."""
-    env = {**os.environ, **(env or {})}
+    machine in tests/machines to stand in for this one; an env value of None unsets it."""
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     if machine:
         env["ROOST_MACHINE"] = os.path.join(ROOT, "tests", "machines", machine)
     return subprocess.run(
@@ -75,6 +92,23 @@ def roost(*args: str, input: str | None = None, timeout: float = 120, machine: s
         cwd=ROOT,
         env=env,
     )
+
+
+def roost_hub(hub, home, *args, env=None, timeout=180, machine=None):
+    """`roost` against the Hub stand-in, with its own cache in `home` and only the token a
+    test gives."""
+    return roost(*args, timeout=timeout, machine=machine, env={
+        "HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": None, **(env or {})})
+
+
+def one_line(result, *needles):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("roost: error: ") and "Traceback" not in result.stderr, result.stderr
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+    return lines[-1]
 
 
 # The Hub stand-in on 127.0.0.1 (tests/hub_server.py), for downloads.

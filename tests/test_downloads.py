@@ -8,25 +8,8 @@ import sys
 
 import pytest
 
-from conftest import GATED_REPO, NAME, ROOT, TINY_REPO, in_process
+from conftest import GATED_REPO, NAME, ROOT, TINY_REPO, in_process, one_line, roost_hub
 from roost import catalog
-
-
-def roost_hub(hub, home, *args, env=None, timeout=180):
-    full_env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}  # only the token a test gives
-    full_env.update({"HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1",
-                     "HF_HUB_DISABLE_TELEMETRY": "1", **(env or {})})
-    return subprocess.run([sys.executable, "-m", "roost", *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, cwd=ROOT, env=full_env)
-
-
-def one_line(result, *needles):
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("roost: error: ") and "Traceback" not in result.stderr, result.stderr
-    for n in needles:
-        assert n in lines[-1], lines[-1]
-    return lines[-1]
 
 
 def sha256(path):

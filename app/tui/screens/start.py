@@ -18,8 +18,8 @@ BACKEND_OF = {"llama.cpp": "llama", "mlx": "mlx"}  # doctor's engine names → r
 
 
 def auto_engine(engines: list[EngineStatus]) -> str:
-    """MLX where it can run (it is the faster engine on Apple Silicon), else llama.cpp."""
-    usable = [BACKEND_OF[e.name] for e in engines if e.available and BACKEND_OF[e.name] in ENGINES]
+    """MLX where it runs on the GPU (it is the faster engine on Apple Silicon), else llama.cpp."""
+    usable = [BACKEND_OF[e.name] for e in engines if e.available and e.gpu_offload and BACKEND_OF[e.name] in ENGINES]
     return "mlx" if "mlx" in usable else "llama"
 
 

@@ -22,6 +22,7 @@ class Offer:
     ranking: fit.Ranking | None  # None when the file on disk cannot be read
     n_layer: int = 0
     local: dict[str, str] = field(default_factory=dict)  # quant → path of a file already here
+    engine: str = "llama"  # "mlx": each of `files` is an MLX build, its `file` the build's repo
 
     @property
     def pick(self) -> fit.Option | None:
@@ -47,6 +48,24 @@ def catalog_offers(machine, n_ctx: int, have=()) -> list[Offer]:
         ranking = fit.rank(m.shape(), m.quants(), min(n_ctx, m.context), machine)
         offers.append(Offer(m.name, m.family, m.params, m.kind, m.description, m.gguf_repo, m.gguf, ranking,
                             m.arch["n_layer"], local))
+    return offers
+
+
+def mlx_offers(machine, n_ctx: int) -> list[Offer]:
+    """The catalog's models that have MLX builds, each build sized from the parameter
+    count; `local` marks the builds already downloaded."""
+    from roost import mlx_models
+
+    offers = []
+    for m in catalog.models().values():
+        if m.bundled or not m.mlx:
+            continue
+        builds = mlx_models.builds(m)
+        files = tuple(GgufFile(q.name, repo, q.file_bytes) for repo, q in builds)
+        local = {q.name: folder for repo, q in builds if (folder := mlx_models.cached_dir(repo))}
+        ranking = fit.rank(m.shape(), [q for _, q in builds], min(n_ctx, m.context), machine)
+        offers.append(Offer(m.name, m.family, m.params, m.kind, m.description, None, files, ranking,
+                            m.arch["n_layer"], local, engine="mlx"))
     return offers
 
 

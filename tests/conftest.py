@@ -58,6 +58,14 @@ def engine(make_engine):
     return make_engine()
 
 
+@pytest.fixture
+def llama_engine(demo_gguf):
+    """llama.cpp alone, for what only it reports (its own buffer log)."""
+    engine = load(demo_gguf, Plan(n_ctx=2048), engine="llama")
+    yield engine
+    engine.close()
+
+
 def recorded_machine(name: str):
     """A machine from tests/machines, as hardware.detect sees it."""
     from roost import hardware
@@ -115,6 +123,7 @@ def one_line(result, *needles):
 NAME = "smollm2-135m"  # a catalog entry, served by the stand-in under its real repo and file names
 TINY_REPO = "roost-test/Tiny-GGUF"  # a repo the catalog does not know
 GATED_REPO = "roost-test/Gated-GGUF"
+MLX_REPO = catalog.models()[NAME].mlx["8"]  # the entry's MLX build: the demo's weights as MLX (demo_mlx)
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +168,15 @@ def in_process(hub, home, monkeypatch):
     from roost import library
 
     return library
+
+
+@pytest.fixture
+def mlx_repo(hub_root, demo_mlx):
+    """The catalog entry's MLX repo on the stand-in, with a README mlx-lm does not need."""
+    repo = hub_root.joinpath(*MLX_REPO.split("/"))
+    repo.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(demo_mlx):
+        if not (repo / name).exists():
+            os.symlink(os.path.join(demo_mlx, name), repo / name)
+    (repo / "README.md").write_text("# not needed to run\n")
+    return repo

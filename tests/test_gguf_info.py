@@ -32,8 +32,8 @@ def test_sizes_agree_with_the_gguf_package_reader(info, demo_gguf):
     assert info.tensor_bytes == sum(int(t.n_bytes) for t in reader.tensors)
 
 
-def test_sizes_agree_with_what_llama_cpp_loads(info, engine):
-    assert abs(engine.memory().buffers["model"] - info.tensor_bytes) < 0.01 * 2**20
+def test_sizes_agree_with_what_llama_cpp_loads(info, llama_engine):
+    assert abs(llama_engine.memory().buffers["model"] - info.tensor_bytes) < 0.01 * 2**20
 
 
 def test_reading_is_fast(demo_gguf):

@@ -13,7 +13,6 @@ from roost import catalog, loading
 from roost.errors import UsageError
 
 QUESTION = "What is the capital of Japan?"
-MLX_REPO = catalog.models()[NAME].mlx["8"]
 
 
 def test_a_folder_runs_on_mlx_without_asking(demo_mlx):
@@ -81,18 +80,6 @@ def test_without_mlx_installed(no_mlx):
     assert loading.engine_for(None, smol, recorded_machine("m3max64.json")) == "llama"
     with pytest.raises(UsageError, match=r"pip install 'roost\[mlx\]'"):
         loading.engine_for("mlx", smol, recorded_machine("m3max64.json"))
-
-
-@pytest.fixture
-def mlx_repo(hub_root, demo_mlx):
-    """The catalog entry's MLX repo on the stand-in, with a README mlx-lm does not need."""
-    repo = hub_root.joinpath(*MLX_REPO.split("/"))
-    repo.mkdir(parents=True, exist_ok=True)
-    for name in os.listdir(demo_mlx):
-        if not (repo / name).exists():
-            os.symlink(os.path.join(demo_mlx, name), repo / name)
-    (repo / "README.md").write_text("# not needed to run\n")
-    return repo
 
 
 def test_mlx_build_is_pulled_and_run(hub, home, mlx_repo):

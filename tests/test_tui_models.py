@@ -12,14 +12,21 @@ from roost.tui.screens.start import StartScreen
 from pilot import ask_and_wait, notes, until
 
 
-def run_app(scenario, monkeypatch, machine: str):
+def run_app(scenario, monkeypatch, machine: str, engine: str | None = None):
+    """The app on a recorded machine, through the start screen with `engine` chosen by
+    the arrow keys (None: the one roost picked for the machine), to the model list."""
     monkeypatch.setenv("ROOST_MACHINE", os.path.join(ROOT, "tests", "machines", machine))
     app = RoostApp()
 
     async def main():
         async with app.run_test(size=(80, 24)) as pilot:
             await until(pilot, lambda: isinstance(app.screen, StartScreen))
-            await pilot.press("enter")  # the engine picked for this machine
+            engines = app.screen.query_one("#engines")
+            for key in ("up", "down", "down"):
+                if engine is None or engines.get_option_at_index(engines.highlighted).id == engine:
+                    break
+                await pilot.press(key)
+            await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, ModelScreen))
             await scenario(app, pilot)
 
@@ -76,7 +83,26 @@ def test_list_filters_and_refuses_what_does_not_fit(hub, home, monkeypatch):
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, StartScreen))
 
-    run_app(scenario, monkeypatch, "m1_8gb.json")
+    run_app(scenario, monkeypatch, "m1_8gb.json", engine="llama")
+
+
+def test_mlx_lists_mlx_builds_downloads_one_and_chats(hub, home, monkeypatch, mlx_repo):
+    """On Apple Silicon MLX is picked for the app; its list holds the catalog's MLX
+    builds, and a chosen build is fetched from the Hub and answers (here, on MLX's CPU build)."""
+    in_process(hub, home, monkeypatch)
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        assert screen.engine == "mlx" and NAME in rows(screen) and "demo" not in rows(screen)
+        await choose(pilot, NAME)
+        await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None, timeout=180)
+        chat = app.screen
+        assert chat.engine_info.engine == "mlx"
+        await ask_and_wait(chat, pilot, "What is the capital of Japan?")
+        assert "Tokyo" in chat.query(".assistant").last().source
+        chat.cancel.set()
+
+    run_app(scenario, monkeypatch, "m3max64.json")
 
 
 def test_download_shows_progress_then_opens_the_chat(hub, home, monkeypatch):

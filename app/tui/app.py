@@ -58,7 +58,7 @@ class RoostApp(App):
         from roost.tui.screens.models import ModelScreen
 
         self.engine_name = engine
-        self.push_screen(ModelScreen(self.here, self.load_options.get("ctx") or DEFAULT_CTX), self.open_chat)
+        self.push_screen(ModelScreen(self.here, self.load_options.get("ctx") or DEFAULT_CTX, engine), self.open_chat)
 
     def open_chat(self, path: str | None) -> None:
         """Plan the chosen file before loading it: a model too big for this machine is
@@ -69,14 +69,18 @@ class RoostApp(App):
         from roost.backends import load
 
         try:
-            info, plan = loading.plan(path, self.here, loading.can_offload(), **self.load_options)
+            if self.engine_name == "mlx":
+                name, plan = loading.plan_mlx(path, self.here, self.load_options.get("ctx"))
+            else:
+                info, plan = loading.plan(path, self.here, loading.can_offload(), **self.load_options)
+                name = info.name
         except RoostError as e:
             self.notify(str(e), severity="error", timeout=15)
             self.pick_model(self.engine_name)
             return
         engine = self.engine_name
-        self.model_name = self.sub_title = info.name
-        chat = ChatScreen(lambda: load(path, plan, engine=engine), self.params, self.system, info.name)
+        self.model_name = self.sub_title = name
+        chat = ChatScreen(lambda: load(path, plan, engine=engine), self.params, self.system, name)
         if isinstance(self.screen, ChatScreen):  # picked from a chat: the new one replaces it
             self.switch_screen(chat)
         else:

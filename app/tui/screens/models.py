@@ -28,7 +28,8 @@ def _fit_cell(option, n_layer: int) -> Text:
 
 
 class ModelScreen(Screen[str | None]):
-    """Dismissed with the path of a local GGUF file to chat with, or None (Esc)."""
+    """Dismissed with the path of a local model to chat with (a GGUF file, or an MLX
+    folder when the engine is MLX), or None (Esc)."""
 
     BINDINGS = [
         Binding("escape", "back", "Back / cancel download"),
@@ -45,9 +46,9 @@ class ModelScreen(Screen[str | None]):
             super().__init__()
             self.path, self.error = path, error
 
-    def __init__(self, machine, n_ctx: int):
+    def __init__(self, machine, n_ctx: int, engine: str = "llama"):
         super().__init__()
-        self.machine, self.n_ctx = machine, n_ctx
+        self.machine, self.n_ctx, self.engine = machine, n_ctx, engine
         self.offers: dict[str, listing.Offer] = {}
         self.cancel: Cancel | None = None  # set while a download runs
 
@@ -70,9 +71,12 @@ class ModelScreen(Screen[str | None]):
     def on_mount(self) -> None:
         from roost import library
 
-        have = library.downloaded()
-        for o in listing.local_offers(self.machine, self.n_ctx, have) + listing.catalog_offers(self.machine, self.n_ctx, have):
-            self.offers[o.name] = o
+        if self.engine == "mlx":
+            offers = listing.mlx_offers(self.machine, self.n_ctx)
+        else:
+            have = library.downloaded()
+            offers = listing.local_offers(self.machine, self.n_ctx, have) + listing.catalog_offers(self.machine, self.n_ctx, have)
+        self.offers = {o.name: o for o in offers}
         self.query_one("#models", DataTable).add_columns("model", "params", "best here", "fits", "ceiling", "on disk")
         self.query_one("#quants", DataTable).add_columns(*report.QUANT_HEADER, "on disk")
         self._fill("")
@@ -160,11 +164,11 @@ class ModelScreen(Screen[str | None]):
         self.query_one("#download-bar", ProgressBar).update(total=file.size, progress=0)
         self.query_one("#download-rate", Label).update(" starting…")
         self.query_one("#download").display = True
-        self.run_worker(lambda: self._fetch(offer.repo_id, file, self.cancel), thread=True, group="download")
+        self.run_worker(lambda: self._fetch(offer, file, self.cancel), thread=True, group="download")
 
-    def _fetch(self, repo_id: str, file, cancel: Cancel) -> None:
+    def _fetch(self, offer: listing.Offer, file, cancel: Cancel) -> None:
         """In a worker thread: the download, its progress posted at most ten times a second."""
-        from roost import library
+        from roost import library, mlx_models
 
         last = 0.0
 
@@ -175,7 +179,11 @@ class ModelScreen(Screen[str | None]):
                 self.post_message(self.Fetched(p))
 
         try:
-            self.post_message(self.Finished(library.pull(repo_id, file, on_progress, cancel), None))
+            if offer.engine == "mlx":
+                path = mlx_models.pull(file.file, on_progress, cancel)
+            else:
+                path = library.pull(offer.repo_id, file, on_progress, cancel)
+            self.post_message(self.Finished(path, None))
         except RoostError as e:
             self.post_message(self.Finished(None, e))
 

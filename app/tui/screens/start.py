@@ -10,7 +10,6 @@ from textual.widgets import Footer, Header, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from roost import report
-from roost.backends import ENGINES
 from roost.doctor import EngineStatus
 from roost.hardware import Machine
 
@@ -19,7 +18,7 @@ BACKEND_OF = {"llama.cpp": "llama", "mlx": "mlx"}  # doctor's engine names → r
 
 def auto_engine(engines: list[EngineStatus]) -> str:
     """MLX where it runs on the GPU (it is the faster engine on Apple Silicon), else llama.cpp."""
-    usable = [BACKEND_OF[e.name] for e in engines if e.available and e.gpu_offload and BACKEND_OF[e.name] in ENGINES]
+    usable = [BACKEND_OF[e.name] for e in engines if e.available and e.gpu_offload]
     return "mlx" if "mlx" in usable else "llama"
 
 
@@ -39,9 +38,8 @@ class StartScreen(Screen):
             yield Static("\n".join(report.machine(self.machine)), id="machine")
             yield Label("Engine: ↑/↓ to change, Enter to choose a model", classes="heading")
             yield OptionList(*[
-                Option(f"{e.name}: {e.detail}" + ("" if e.available else " (not available here)")
-                       + ("; roost cannot drive it yet" if e.available and BACKEND_OF[e.name] not in ENGINES else ""),
-                       id=BACKEND_OF[e.name], disabled=not (e.available and BACKEND_OF[e.name] in ENGINES))
+                Option(f"{e.name}: {e.detail}" + ("" if e.available else " (not available here)"),
+                       id=BACKEND_OF[e.name], disabled=not e.available)
                 for e in self.engines
             ], id="engines")
             if self.advice:

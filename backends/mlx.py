@@ -57,7 +57,10 @@ class MlxEngine:
         self.plan = plan
         try:
             self._model, self._tokenizer = load_model(model_path)
-        except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+        except RuntimeError as e:  # MLX's own reader: a short or damaged .safetensors
+            detail = str(e).split("] ", 1)[-1].split(". Perhaps", 1)[0]
+            raise ModelFileError(f"{model_path} is truncated or corrupt ({detail}); download it again") from None
+        except (ValueError, OSError, KeyError) as e:
             raise ModelFileError(f"mlx-lm could not load {model_path}: {e}") from None
         with open(os.path.join(model_path, "config.json")) as f:
             self._n_ctx_train = json.load(f).get("max_position_embeddings")

@@ -54,6 +54,11 @@ def test_damaged_folders_get_one_line(demo_mlx, tmp_path):
     shutil.copytree(demo_mlx, broken)
     (broken / "config.json").write_text("{ not json")
     one_line(roost("run", str(broken), "hi"), "config.json cannot be read")
+    cut = tmp_path / "cut"
+    shutil.copytree(demo_mlx, cut)
+    with open(cut / "model.safetensors", "r+b") as f:
+        f.truncate(os.path.getsize(cut / "model.safetensors") // 2)
+    one_line(roost("run", str(cut), "hi"), "truncated or corrupt", "download it again")
 
 
 def test_too_big_is_refused_before_loading(demo_mlx, tmp_path):

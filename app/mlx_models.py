@@ -19,7 +19,7 @@ from roost.errors import ModelFileError, RoostError
 
 # What mlx-lm reads from a repo: mlx-community repos also carry READMEs and, at times,
 # the original checkpoint's files, which are not needed.
-NEEDED = ("*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken", "*.txt", "*.py")
+NEEDED = ("*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken", "*.txt")
 # Affine quantization keeps a scale and a bias (16 bits each) per group of 64 weights.
 GROUP_OVERHEAD_BITS = 32 / 64
 

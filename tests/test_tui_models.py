@@ -60,6 +60,16 @@ async def download_stalling(hub, pilot, after: int) -> str:
     return filename
 
 
+async def chat_answers_tokyo(app, pilot) -> ChatScreen:
+    """Once the chosen model is loaded in the chat, it answers a question there."""
+    await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None, timeout=180)
+    chat = app.screen
+    await ask_and_wait(chat, pilot, "What is the capital of Japan?")
+    assert "Tokyo" in chat.query(".assistant").last().source
+    chat.cancel.set()
+    return chat
+
+
 def test_list_filters_and_refuses_what_does_not_fit(hub, home, monkeypatch):
     in_process(hub, home, monkeypatch)
 
@@ -95,12 +105,7 @@ def test_mlx_lists_mlx_builds_downloads_one_and_chats(hub, home, monkeypatch, ml
         screen = app.screen
         assert screen.engine == "mlx" and NAME in rows(screen) and "demo" not in rows(screen)
         await choose(pilot, NAME)
-        await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None, timeout=180)
-        chat = app.screen
-        assert chat.engine_info.engine == "mlx"
-        await ask_and_wait(chat, pilot, "What is the capital of Japan?")
-        assert "Tokyo" in chat.query(".assistant").last().source
-        chat.cancel.set()
+        assert (await chat_answers_tokyo(app, pilot)).engine_info.engine == "mlx"
 
     run_app(scenario, monkeypatch, "m3max64.json")
 
@@ -113,12 +118,8 @@ def test_download_shows_progress_then_opens_the_chat(hub, home, monkeypatch):
         filename = await download_stalling(hub, pilot, 8 * 1024**2)  # the download goes on after the drop
         await until(pilot, lambda: "MiB of" in str(screen.query_one("#download-rate").render()))
         assert screen.query_one("#download").display
-        await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None)
+        await chat_answers_tokyo(app, pilot)
         assert downloaded_files(home) == [filename]
-        chat = app.screen
-        await ask_and_wait(chat, pilot, "What is the capital of Japan?")
-        assert "Tokyo" in chat.query(".assistant").last().source
-        chat.cancel.set()
 
     run_app(scenario, monkeypatch, "cpu_only.json")
 

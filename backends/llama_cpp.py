@@ -21,17 +21,15 @@ import llama_cpp
 from roost import gguf_info, hardware, memory
 from roost.backends.base import (
     Cancel,
-    Done,
     EngineInfo,
     Event,
     MemoryReading,
     Message,
     Params,
     Plan,
-    Stats,
     Token,
 )
-from roost.backends.streaming import ChatPrompt, StopMatcher, check_fits, reusable_prefix
+from roost.backends.streaming import ChatPrompt, StopMatcher, check_fits, done, reusable_prefix
 from roost.errors import ModelFileError
 
 
@@ -163,7 +161,7 @@ class LlamaCppEngine:
         clock.prefill_started()
         for i in range(cached, len(prompt), self.plan.n_batch):
             if cancel.is_set():
-                yield self._done("", prompt, cached, 0, clock, "cancelled")
+                yield done("", prompt, cached, 0, "cancelled", self._n_ctx, **clock.durations())
                 return
             llm.eval(prompt[i : i + self.plan.n_batch])
 
@@ -211,7 +209,7 @@ class LlamaCppEngine:
             if tail:
                 text.append(tail)
                 yield clock.stamp(tail, generated, len(prompt))
-        yield self._done("".join(text), prompt, cached, generated, clock, reason)
+        yield done("".join(text), prompt, cached, generated, reason, n_ctx, **clock.durations())
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Keep the KV cache for the longest prefix shared with what is evaluated now."""
@@ -222,20 +220,6 @@ class LlamaCppEngine:
             return shared
         llm.reset()  # recurrent models cannot drop a suffix of their state
         return 0
-
-    def _done(self, text: str, prompt: list[int], cached: int, generated: int, clock: "_Clock", reason) -> Done:
-        return Done(
-            text=text,
-            stats=Stats(
-                prompt_tokens=len(prompt),
-                cached_tokens=cached,
-                generated_tokens=generated,
-                stop_reason=reason,
-                n_ctx=self._n_ctx,
-                peak_rss_bytes=memory.peak_rss_bytes(),
-                **clock.durations(),
-            ),
-        )
 
     # -- readings -------------------------------------------------------------
 

@@ -23,8 +23,8 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from mlx_lm.utils import load as load_model
 
 from roost import memory
-from roost.backends.base import Cancel, Done, EngineInfo, Event, MemoryReading, Message, Params, Plan, Stats, Token
-from roost.backends.streaming import ChatPrompt, StopMatcher, check_fits, reusable_prefix
+from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Message, Params, Plan, Token
+from roost.backends.streaming import ChatPrompt, StopMatcher, check_fits, done, reusable_prefix
 from roost.errors import ModelFileError
 
 
@@ -143,18 +143,7 @@ class MlxEngine:
             if tail:
                 text.append(tail)
                 yield Token(tail, len(generated), timing["decode_s"], timing["ttft_s"], len(prompt))
-        yield Done(
-            text="".join(text),
-            stats=Stats(
-                prompt_tokens=len(prompt),
-                cached_tokens=cached,
-                generated_tokens=len(generated),
-                stop_reason=reason,
-                n_ctx=n_ctx,
-                peak_rss_bytes=memory.peak_rss_bytes(),
-                **timing,
-            ),
-        )
+        yield done("".join(text), prompt, cached, len(generated), reason, n_ctx, **timing)
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Cut the cache back to the prefix this prompt shares with what it holds."""

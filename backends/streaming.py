@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from roost import chat_template
-from roost.backends.base import Message
+from roost import chat_template, memory
+from roost.backends.base import Done, Message, Stats
 from roost.errors import ContextOverflow
 
 
@@ -49,6 +49,16 @@ def reusable_prefix(held: Sequence[int], prompt: Sequence[int]) -> int:
             break
         shared += 1
     return min(shared, len(prompt) - 1)
+
+
+def done(text: str, prompt: list[int], cached: int, generated: int, reason: str, n_ctx: int,
+         prefill_s: float, decode_s: float, ttft_s: float) -> Done:
+    """The one event that ends every stream, with the engine's own timings."""
+    return Done(text, Stats(
+        prompt_tokens=len(prompt), cached_tokens=cached, generated_tokens=generated,
+        prefill_s=prefill_s, decode_s=decode_s, ttft_s=ttft_s, stop_reason=reason,
+        n_ctx=n_ctx, peak_rss_bytes=memory.peak_rss_bytes(),
+    ))
 
 
 class StopMatcher:

@@ -17,6 +17,7 @@ from roost.errors import RoostError, UsageError
 from roost.loading import DEFAULT_CTX
 
 EXIT_INTERRUPTED = 130
+DEFAULT_PORT = 8080
 ENGINE_HELP = ("llama (llama.cpp) or mlx (MLX model folders, MLX builds of catalog models); "
                "default: MLX on Apple Silicon where the model has an MLX build that fits, else llama")
 
@@ -57,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer one prompt and exit. The prompt comes from the argument, "
         "from standard input when piped, or both (argument first).",
     )
-    run.add_argument("model", metavar="MODEL", help='a .gguf file, or "demo" for the bundled SmolLM2-135M')
+    run.add_argument("model", metavar="MODEL", nargs="?",
+                     help='a .gguf file, a catalog name, a Hub repo, or "demo" for the bundled SmolLM2-135M; '
+                     "with --remote, the server's model (optional when it serves one)")
     run.add_argument("prompt", metavar="PROMPT", nargs="?", default="", help="the prompt")
     run.add_argument("-s", "--system", help="system prompt")
     run.add_argument("-n", "--max-tokens", type=_positive_int, help="stop after this many tokens (default: until the model stops)")
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object with the text and all stats")
     run.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
     run.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+    _remote_options(run)
     run.set_defaults(handler=cmd_run)
 
     fit = commands.add_parser(
@@ -119,13 +123,41 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--gpu-layers", type=int)
     chat.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
     chat.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+    _remote_options(chat)
     chat.set_defaults(handler=cmd_chat)
+
+    serve = commands.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        description="Load MODEL once and answer OpenAI API requests: /v1/chat/completions, /v1/completions, "
+        "/v1/models, /health, /metrics. One answer at a time; others wait in a queue.")
+    serve.add_argument("model", metavar="MODEL", help="a .gguf file, a catalog name, a Hub repo, or demo")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every network)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0: any free one)")
+    serve.add_argument("--api-key", default=None,
+                       help="require this bearer token on every request but /health (default: $ROOST_API_KEY, if set)")
+    serve.add_argument("--name", help="the model's id in the API (default: MODEL as given, or the file's name)")
+    serve.add_argument("--queue", type=_positive_int, default=16,
+                       help="requests that may wait while one is answered; more get 503 (default: 16)")
+    serve.add_argument("-c", "--ctx", type=_positive_int, help=f"context window in tokens (default: {DEFAULT_CTX})")
+    serve.add_argument("--threads", type=_positive_int)
+    serve.add_argument("--gpu-layers", type=int)
+    serve.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
+    serve.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+    serve.set_defaults(handler=cmd_serve)
 
     doctor = commands.add_parser("doctor", help="check this machine and roost's engines", description="The machine, the engines that can run here, and fixes for common mismatches.")
     doctor.add_argument("--measure", action="store_true", help="measure CPU memory bandwidth (a few seconds) and keep it for speed predictions")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(handler=cmd_doctor)
     return parser
+
+
+def _remote_options(command) -> None:
+    command.add_argument("--remote", metavar="URL",
+                         help="use a model served elsewhere over the OpenAI API (roost serve, llama-server, vLLM, "
+                         "Ollama), e.g. http://127.0.0.1:8080")
+    command.add_argument("--api-key", help="the server's API key (default: $ROOST_API_KEY, if set)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,10 +203,20 @@ def cmd_run(args) -> int:
     from roost.backends.base import Cancel, Done, Params
     from roost.session import Session
 
-    prompt = _read_prompt(args.prompt)
-    path, _, plan, engine_name = _loading_plan(args)
-    loading = time.perf_counter()
-    engine = load(path, plan, engine=engine_name)
+    if args.remote:
+        if not args.prompt:  # one word after run is the prompt: the server knows its model
+            args.model, args.prompt = None, args.model or ""
+        prompt = _read_prompt(args.prompt)
+        loading = time.perf_counter()
+        engine = _connect(args)
+        path = f"{engine.url} {engine.model}"
+    else:
+        if args.model is None:
+            raise UsageError("give a model: roost run MODEL PROMPT (or --remote URL)")
+        prompt = _read_prompt(args.prompt)
+        path, _, plan, engine_name = _loading_plan(args)
+        loading = time.perf_counter()
+        engine = load(path, plan, engine=engine_name)
     load_s = time.perf_counter() - loading
     params = Params(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     session = Session(engine, params, system=args.system)
@@ -208,6 +250,19 @@ def cmd_run(args) -> int:
     return EXIT_INTERRUPTED if done.stats.stop_reason == "cancelled" else 0
 
 
+def _connect(args):
+    """The remote engine for --remote; what only a local model takes is refused."""
+    import os
+
+    from roost.backends import connect
+
+    local = [f"--{name.replace('_', '-')}" for name in ("engine", "ctx", "threads", "gpu_layers")
+             if getattr(args, name, None) is not None]
+    if local:
+        raise UsageError(f"{', '.join(local)}: set on the server (roost serve), not with --remote")
+    return connect(args.remote, args.model, args.api_key or os.environ.get("ROOST_API_KEY") or None)
+
+
 def _loading_plan(args):
     """(path, name, plan, engine) for run and chat: the engine chosen, the model resolved
     and pulled if need be, and checked to fit before anything is loaded."""
@@ -234,17 +289,53 @@ def cmd_chat(args) -> int:
     from roost.tui.app import RoostApp
 
     params = Params(temperature=args.temperature, seed=args.seed)
-    if args.model is None:
+    if args.model is None and not args.remote:
         from roost import hardware, loading
 
         offload = loading.can_offload()
         loading.check_gpu_layers(args.gpu_layers, offload)
         app = RoostApp(params=params, system=args.system, machine=hardware.detect(gpus=offload),
                        load_options={"ctx": args.ctx, "gpu_layers": args.gpu_layers, "threads": args.threads})
+    elif args.remote:  # connected before the app opens: an unreachable server is one line here
+        remote = _connect(args)
+        app = RoostApp(lambda: remote, f"{remote.model} at {remote.host}", params, system=args.system)
     else:
         path, name, plan, engine = _loading_plan(args)
         app = RoostApp(lambda: load(path, plan, engine=engine), name, params, system=args.system)
     app.run()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import ipaddress
+    import os
+
+    from roost import server
+    from roost.backends import load
+
+    api_key = args.api_key or os.environ.get("ROOST_API_KEY") or None
+    sock = server.listen(args.host, args.port)  # a taken port is said before minutes of loading
+    path, _, plan, engine_name = _loading_plan(args)
+    engine = load(path, plan, engine=engine_name)
+    given = args.model
+    model_id = args.name or (os.path.basename(os.path.normpath(given)).removesuffix(".gguf")
+                             if os.path.exists(given) else given)
+    app = server.Server(engine, model_id, api_key=api_key, queue=args.queue)
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and not api_key:
+        print(f"roost: warning: anyone who can reach {args.host} can use this server; "
+              "add --api-key (or set ROOST_API_KEY)", file=sys.stderr)
+    info = engine.info()
+    print(f"roost: serving {model_id} ({info.engine} on {info.device}, context {info.n_ctx}) at "
+          f"{server.url(sock)}/v1{' · API key required' if api_key else ''} · Ctrl-C stops", file=sys.stderr, flush=True)
+    try:
+        server.run(app, sock)
+    finally:
+        engine.close()
+    print("roost: server stopped", file=sys.stderr)
     return 0
 
 

@@ -25,3 +25,7 @@ class TemplateError(RoostError):
 
 class ModelTooBig(RoostError):
     """The model would not fit in memory: refused before loading."""
+
+
+class RemoteError(RoostError):
+    """A server roost talks to cannot be reached, or failed while answering."""

@@ -17,8 +17,8 @@ def stats_line(stats) -> str:
     line = (
         f"prompt {stats.prompt_tokens} tok ({stats.cached_tokens} cached) at {stats.prefill_tps:.1f} tok/s"
         f" · generated {stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s"
-        f" · TTFT {stats.ttft_s:.3f} s · peak memory {size(stats.peak_rss_bytes)}"
-        f" · context {stats.context_tokens}/{stats.n_ctx}"
+        f" · TTFT {stats.ttft_s:.3f} s · peak memory {size(stats.peak_rss_bytes) if stats.peak_rss_bytes else 'n/a'}"
+        f" · context {stats.context_tokens}/{stats.n_ctx or '?'}"
     )
     if stats.stop_reason != "stop":
         line += f" · stopped: {stats.stop_reason}"

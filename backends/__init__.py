@@ -23,3 +23,10 @@ def load(model_path: str, plan: Plan = Plan(), engine: str = "llama") -> Engine:
             raise UsageError(f"MLX is not available ({e}); install it with: pip install 'roost[mlx]'") from None
         return MlxEngine(model_path, plan)
     raise UsageError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+
+
+def connect(url: str, model: str | None = None, api_key: str | None = None) -> Engine:
+    """An engine on a server that speaks the OpenAI API (roost serve, llama-server, vLLM, Ollama)."""
+    from roost.backends.remote import RemoteEngine
+
+    return RemoteEngine(url, model, api_key)

@@ -8,7 +8,7 @@ inside the engine, at the token, so no view ever times anything itself.
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Iterator, Literal, Protocol, Sequence, TypedDict, Union
 
 
@@ -65,7 +65,7 @@ class Stats:
     ttft_s: float  # from the call (template, tokenizing, prefill) to the first token
     stop_reason: StopReason
     n_ctx: int
-    peak_rss_bytes: int
+    peak_rss_bytes: int | None  # of the process running the model; None where a server does not say
 
     @property
     def prefilled_tokens(self) -> int:
@@ -92,6 +92,11 @@ class Stats:
             context_tokens=self.context_tokens,
         )
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Stats":
+        """The inverse of as_dict: how a roost server's stats reach a roost client."""
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -121,11 +126,12 @@ Event = Union[Token, Done]
 
 @dataclass(frozen=True)
 class MemoryReading:
-    rss_bytes: int  # this process, now
-    peak_rss_bytes: int  # this process, high-water mark
+    rss_bytes: int | None  # the process running the model, now (None: not known, e.g. a server that does not say)
+    peak_rss_bytes: int | None  # that process, high-water mark
     device_used_bytes: int | None = None  # GPU memory the engine holds, where known
     buffers: dict[str, int] = field(default_factory=dict)  # engine-reported, e.g. {"model": …, "kv": …}
     engine_peak_bytes: int | None = None  # the engine's own high-water mark, where it keeps one (MLX)
+    host: str | None = None  # where that process runs: None for this one, else the server's address
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -152,6 +158,24 @@ class EngineInfo:
 class Cancel(threading.Event):
     """Set it (from any thread) to stop a stream within one token."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._hooks: list = []
+
+    def on_set(self, hook):
+        """Call hook() when this is set (at once if it already is): for a stream blocked
+        in I/O, which a flag checked between tokens would not reach. Returns a function
+        that takes the hook back."""
+        self._hooks.append(hook)
+        if self.is_set():
+            hook()
+        return lambda: self._hooks.remove(hook) if hook in self._hooks else None
+
+    def set(self) -> None:
+        super().set()
+        for hook in list(self._hooks):
+            hook()
+
 
 class Engine(Protocol):
     def stream(
@@ -162,6 +186,10 @@ class Engine(Protocol):
         After a cancel the stream still ends with Done(stop_reason="cancelled") holding
         the partial text, and the engine stays usable for the next call.
         """
+        ...
+
+    def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
+        """The same stream for raw text, continued as is: no chat template."""
         ...
 
     def memory(self) -> MemoryReading: ...

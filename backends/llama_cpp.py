@@ -150,11 +150,17 @@ class LlamaCppEngine:
     def stream(
         self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None
     ) -> Iterator[Event]:
+        return self._generate(lambda: self._prompt.tokens(messages), params, cancel)
+
+    def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
+        return self._generate(lambda: self._prompt.text_tokens(prompt), params, cancel)
+
+    def _generate(self, tokenize, params: Params, cancel: Cancel | None) -> Iterator[Event]:
         cancel = cancel or Cancel()
         llm = self._llm
         clock = _Clock()
         n_ctx = self._n_ctx
-        prompt = self._prompt.tokens(messages)
+        prompt = tokenize()  # inside the clock: rendering and tokenizing are part of TTFT
         check_fits(prompt, n_ctx, self._n_ctx_train)
 
         cached = self._reuse_prefix(prompt)

@@ -83,9 +83,15 @@ class MlxEngine:
     def stream(
         self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None
     ) -> Iterator[Event]:
+        return self._generate(lambda: self._prompt.tokens(messages), params, cancel)
+
+    def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
+        return self._generate(lambda: self._prompt.text_tokens(prompt), params, cancel)
+
+    def _generate(self, tokenize, params: Params, cancel: Cancel | None) -> Iterator[Event]:
         cancel = cancel or Cancel()
         called = time.perf_counter()
-        prompt = self._prompt.tokens(messages)
+        prompt = tokenize()  # rendering and tokenizing are part of TTFT
         n_ctx = self.plan.n_ctx
         check_fits(prompt, n_ctx, self._n_ctx_train)
         cached = self._reuse_prefix(prompt)

@@ -25,7 +25,11 @@ class ChatPrompt:
         self._add_bos = add_bos and bos_id is not None
 
     def tokens(self, messages: Sequence[Message]) -> list[int]:
-        text = chat_template.render(self.template, messages, bos_token=self._bos_text, eos_token=self._eos_text)
+        return self.text_tokens(chat_template.render(self.template, messages, bos_token=self._bos_text,
+                                                     eos_token=self._eos_text))
+
+    def text_tokens(self, text: str) -> list[int]:
+        """Text as the model reads it, template or not."""
         tokens = self._tokenize(text)
         if self._add_bos and (not tokens or tokens[0] != self._bos_id):
             tokens.insert(0, self._bos_id)

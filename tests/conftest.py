@@ -1,13 +1,15 @@
+import contextlib
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from gguf_files import synthetic_llama
 from hub_server import HubServer
 from roost import catalog
-from roost.backends import load
+from roost.backends import connect, load
 from roost.backends.base import Plan
 
 # Subprocesses run this checkout's roost whatever the caller's environment.
@@ -35,22 +37,49 @@ def demo_mlx(tmp_path_factory, demo_gguf) -> str:
     return str(convert(demo_gguf, tmp_path_factory.mktemp("mlx") / "SmolLM2-135M-Instruct-mlx"))
 
 
-MODEL_OF = {"llama": "demo_gguf", "mlx": "demo_mlx"}
+# remote: llama.cpp behind `roost serve`'s server on 127.0.0.1, reached over real HTTP.
+MODEL_OF = {"llama": "demo_gguf", "mlx": "demo_mlx", "remote": "demo_gguf"}
 
 
 @pytest.fixture(params=list(MODEL_OF))
 def make_engine(request):
     """Loads engines of one kind on the demo model; the engine suite runs once per kind."""
     path = request.getfixturevalue(MODEL_OF[request.param])
-    loaded = []
+    with contextlib.ExitStack() as stack:
+        def make(n_ctx: int = 2048):
+            if request.param == "remote":
+                local = stack.enter_context(contextlib.closing(load(path, Plan(n_ctx=n_ctx), engine="llama")))
+                return stack.enter_context(contextlib.closing(connect(stack.enter_context(served(local)))))
+            return stack.enter_context(contextlib.closing(load(path, Plan(n_ctx=n_ctx), engine=request.param)))
 
-    def make(n_ctx: int = 2048):
-        loaded.append(load(path, Plan(n_ctx=n_ctx), engine=request.param))
-        return loaded[-1]
+        yield make
 
-    yield make
-    for engine in loaded:
-        engine.close()
+
+@contextlib.contextmanager
+def served(engine, model_id: str = "demo", **options):
+    """`roost serve`'s server over an engine, on a free port of 127.0.0.1, in a thread; yields its URL."""
+    import threading
+
+    import uvicorn
+
+    from roost import server
+
+    sock = server.listen("127.0.0.1", 0)
+    app = server.Server(engine, model_id, **options)
+    uv = uvicorn.Server(uvicorn.Config(app.app, log_level="warning", lifespan="off", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield server.url(sock)
+    finally:
+        app.stop_all()
+        uv.should_exit = True
+        thread.join(30)
+        sock.close()
 
 
 @pytest.fixture

@@ -123,6 +123,7 @@ def test_context_overflow_is_refused_with_the_numbers(make_engine):
 OWN = {
     "llama.cpp": {"buffers": {"compute"}, "threads": True, "peak": False},
     "mlx": {"buffers": {"other", "cache"}, "threads": False, "peak": True},
+    "remote": {"buffers": {"compute"}, "threads": True, "peak": False},  # the server's llama.cpp, read over HTTP
 }
 
 
@@ -154,3 +155,11 @@ def test_tokens_carry_the_engines_clock(engine):
     assert [t.generated for t in tokens] == sorted(t.generated for t in tokens)
     assert tokens[-1].generated >= 19 and tokens[-1].decode_tps > 0
     assert all(t.ttft_s == tokens[0].ttft_s > 0 for t in tokens) and tokens[0].prompt_tokens > 5
+
+
+def test_complete_continues_raw_text_without_the_chat_template(engine):
+    text, done = collect(engine.complete("The capital of France is", Params(temperature=0, max_tokens=8)))
+    assert "Paris" in text and done.text == text
+    # No template around it: the prompt is the few tokens of the text (and BOS, where the model wants one).
+    assert 5 <= done.stats.prompt_tokens <= 7
+    assert done.stats.stop_reason in ("stop", "length")

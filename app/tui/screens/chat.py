@@ -84,10 +84,17 @@ class ChatScreen(Screen):
 
     def _show_memory(self) -> None:
         if self.engine is not None:
-            from roost import hardware
+            self._read_memory(self.engine)
 
-            gpus = self.engine_info.device == "CUDA"  # NVML is asked only where the model is on one
-            self.query_one(StatusBar).show_memory(self.engine.memory(), hardware.free_memory(gpus=gpus))
+    @work(thread=True, exclusive=True, group="memory")
+    def _read_memory(self, engine: Engine) -> None:
+        """Off the event loop: a remote engine's reading is an HTTP request."""
+        from roost import hardware
+
+        reading = engine.memory()
+        gpus = self.engine_info.device == "CUDA"  # NVML is asked only where the model is on one
+        free = None if reading.host else hardware.free_memory(gpus=gpus)  # this machine's is beside the point
+        self.app.call_from_thread(self.query_one(StatusBar).show_memory, reading, free)
 
     # -- asking ---------------------------------------------------------------------
 

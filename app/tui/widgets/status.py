@@ -27,19 +27,24 @@ class StatusBar(Horizontal):
         self.query_one("#rate", Sparkline).data = rates[-40:]
 
     def show_context(self, used: int, n_ctx: int) -> None:
-        self.query_one("#context", ProgressBar).update(total=n_ctx, progress=used)
-        self.query_one("#context-label", Static).update(f"ctx {used}/{n_ctx}")
+        # A server that does not say its context (n_ctx 0) gets a bar that cannot fill.
+        self.query_one("#context", ProgressBar).update(total=n_ctx or None, progress=used)
+        self.query_one("#context-label", Static).update(f"ctx {used}/{n_ctx or '?'}")
 
     def show_memory(self, reading, free) -> None:
-        """This process (RSS, the engine's own buffers, its VRAM), then what is free:
-        RAM or unified memory, and each GPU's VRAM."""
+        """The engine's process (RSS, its own buffers, its VRAM), then what is free here:
+        RAM or unified memory, and each GPU's VRAM. A server's reading is named by its
+        address, and this machine's free memory is left out: it is not what runs the model."""
         engine = f" · engine {size(sum(reading.buffers.values()))}" if reading.buffers else ""
         vram = f" · VRAM {size(reading.device_used_bytes)}" if reading.device_used_bytes else ""
-        ram = "unified" if free.unified else "RAM"
-        gpus = "".join(f" · GPU{i} {size(f)}/{size(t)}" for i, (f, t) in enumerate(free.gpus))
-        self.query_one("#memory", Static).update(
-            f"RSS {size(reading.rss_bytes)}{engine}{vram} · free: {ram} {size(free.ram_available_bytes)}"
-            f"/{size(free.ram_total_bytes)}{gpus}")
+        rss = f"RSS {size(reading.rss_bytes)}" if reading.rss_bytes is not None else "memory n/a"
+        where = f"{reading.host}: " if reading.host else ""
+        here = ""
+        if free is not None:
+            ram = "unified" if free.unified else "RAM"
+            gpus = "".join(f" · GPU{i} {size(f)}/{size(t)}" for i, (f, t) in enumerate(free.gpus))
+            here = f" · free: {ram} {size(free.ram_available_bytes)}/{size(free.ram_total_bytes)}{gpus}"
+        self.query_one("#memory", Static).update(f"{where}{rss}{engine}{vram}{here}")
 
     def show_text(self, text: str) -> None:
         self.query_one("#speed", Static).update(text)

@@ -331,12 +331,15 @@ def cmd_serve(args) -> int:
     info = engine.info()
     print(f"roost: serving {model_id} ({info.engine} on {info.device}, context {info.n_ctx}) at "
           f"{server.url(sock)}/v1{' · API key required' if api_key else ''} · Ctrl-C stops", file=sys.stderr, flush=True)
+    code = 0
     try:
         server.run(app, sock)
+    except KeyboardInterrupt:  # uvicorn hands Ctrl-C on once it has shut down cleanly
+        code = EXIT_INTERRUPTED
     finally:
         engine.close()
     print("roost: server stopped", file=sys.stderr)
-    return 0
+    return code
 
 
 def cmd_fit(args) -> int:

@@ -150,7 +150,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_text(as_json):
 def test_run_imports_nothing_heavy():
     code = (
         "import sys; from roost.cli import main; main(['run', 'demo', 'hi', '-n', '2']); "
-        "print(sorted(m for m in ('textual', 'mlx', 'huggingface_hub') if m in sys.modules), file=sys.stderr)"
+        "print(sorted(m for m in ('textual', 'mlx', 'huggingface_hub', 'starlette', 'uvicorn', 'httpx2') "
+        "if m in sys.modules), file=sys.stderr)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=ROOT)
     assert result.stderr.strip().splitlines()[-1] == "[]"

@@ -14,8 +14,11 @@ def size(n: int | float | None) -> str:
 
 
 def stats_line(stats) -> str:
+    # A server that gives no counts leaves the prompt's size unknown (0), not empty.
+    prompt = (f"prompt {stats.prompt_tokens} tok ({stats.cached_tokens} cached) at {stats.prefill_tps:.1f} tok/s"
+              if stats.prompt_tokens else "prompt size n/a")
     line = (
-        f"prompt {stats.prompt_tokens} tok ({stats.cached_tokens} cached) at {stats.prefill_tps:.1f} tok/s"
+        f"{prompt}"
         f" · generated {stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s"
         f" · TTFT {stats.ttft_s:.3f} s · peak memory {size(stats.peak_rss_bytes) if stats.peak_rss_bytes else 'n/a'}"
         f" · context {stats.context_tokens}/{stats.n_ctx or '?'}"

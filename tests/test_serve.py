@@ -21,7 +21,7 @@ from conftest import ROOT, one_line, roost, served
 from pilot import ask_and_wait, drive, until
 from replay import ReplayEngine
 from roost.backends import connect, load
-from roost.backends.base import Params, Plan
+from roost.backends.base import Params, Plan, Token
 
 KEY = "sekret-test-key"
 CAPITAL = [{"role": "user", "content": "What is the capital of Japan?"}]
@@ -337,3 +337,53 @@ def test_chat_app_on_a_remote_engine(url):
         drive(app, scenario)
     finally:
         app_engine.close()
+
+
+# -- another OpenAI-compatible server ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_server(demo_gguf):
+    """llama-cpp-python's own OpenAI-compatible server: no roost stats, no JSON metrics, no
+    usage when streaming. What the remote engine knows of it, it measures itself."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", demo_gguf, "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "1024", "--model_alias", "smol"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "llama_cpp.server did not start"
+        try:
+            if httpx2.get(url + "/v1/models", timeout=2).status_code == 200:
+                break
+        except httpx2.HTTPError:
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_remote_engine_on_another_server_measures_at_the_client(other_server):
+    engine = connect(other_server)
+    try:
+        events = list(engine.stream(CAPITAL, Params(temperature=0, max_tokens=30)))
+        done = events[-1]
+        assert "Tokyo" in done.text and done.text == "".join(e.text for e in events[:-1])
+        s = done.stats
+        assert s.generated_tokens >= 2 and s.ttft_s > 0 and s.decode_s > 0 and s.decode_tps > 0
+        assert s.stop_reason == "stop" and s.peak_rss_bytes is None and s.n_ctx == 0  # the server does not say
+        info, reading = engine.info(), engine.memory()
+        assert info.engine == "remote" and info.model == "smol" and "OpenAI-compatible server" in info.build
+        assert reading.rss_bytes is None and reading.host == other_server.split("//")[1]
+        text = "".join(e.text for e in engine.complete("The capital of France is", Params(temperature=0, max_tokens=8))
+                       if isinstance(e, Token))
+        assert "Paris" in text
+    finally:
+        engine.close()
+    result = roost("run", "--remote", other_server, "What is the capital of Japan?", "-t", "0", "--stats")
+    assert "Tokyo" in result.stdout and "peak memory n/a" in result.stderr and "context " in result.stderr

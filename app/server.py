@@ -21,7 +21,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from roost import __version__, openai_api
@@ -143,10 +143,19 @@ class Server:
         """One generation, run on its own thread with its events handed to the event loop.
         Leaving early, or the client going away, cancels it; the gate opens for the next
         request only once the engine has actually stopped."""
-        await self.gate.enter()
         loop = asyncio.get_running_loop()
         cancel = Cancel()
         events: asyncio.Queue = asyncio.Queue()
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+        try:
+            await self.gate.enter()
+        except BaseException:
+            watcher.cancel()
+            raise
+        if cancel.is_set():  # the client left while waiting its turn: nothing to answer
+            self.gate.leave()
+            self.counters.cancelled += 1
+            return
 
         def put(item) -> None:
             try:
@@ -172,7 +181,6 @@ class Server:
 
         self.running.add(cancel)
         threading.Thread(target=produce, name="roost-generate", daemon=True).start()
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
         try:
             while (item := await events.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -222,6 +230,8 @@ class Server:
             # The first event is awaited before any response is begun: a prompt over the
             # context is found then, and still gets its own status code.
             first = await anext(events)
+        except StopAsyncIteration:  # the client is gone
+            return Response(status_code=499)
         except ContextOverflow as e:
             raise ApiError(400, str(e), code="context_length_exceeded", param="messages") from None
         except (TemplateError, UsageError) as e:

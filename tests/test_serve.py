@@ -46,8 +46,8 @@ def client(url, key=KEY):
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
-def post(url, body, key=KEY, path="/v1/chat/completions", **kw):
-    return httpx2.post(url + path, headers={"Authorization": f"Bearer {key}"}, timeout=60, **kw,
+def post(url, body, key=KEY, path="/v1/chat/completions", timeout=60):
+    return httpx2.post(url + path, headers={"Authorization": f"Bearer {key}"}, timeout=timeout,
                        **({"content": body} if isinstance(body, (str, bytes)) else {"json": body}))
 
 
@@ -193,6 +193,25 @@ def test_beyond_the_queue_clients_are_refused_cleanly():
         assert all(r.json()["error"]["code"] == "server_busy" and r.headers["retry-after"] for r in refused)
         assert metrics(url)["requests"] == {"running": 0, "waiting": 0, "answered": 3, "cancelled": 0,
                                             "refused": 4, "failed": 0}
+
+
+def test_a_client_that_leaves_the_queue_is_not_answered():
+    engine = ReplayEngine(pause_after=2, gap_s=0)
+    with served(engine, api_key=KEY) as url:
+        with httpx2.stream("POST", url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                           json={"model": "demo", "messages": CAPITAL, "stream": True}, timeout=60) as holding:
+            lines = holding.iter_lines()
+            next(lines)
+            assert engine.paused.wait(30)
+            with pytest.raises(httpx2.ReadTimeout):  # gives up waiting, and hangs up
+                post(url, {"model": "demo", "messages": CAPITAL}, timeout=1)
+            engine.resume.set()
+            assert [line for line in lines if line][-1] == "data: [DONE]"
+        deadline = time.monotonic() + 30
+        while metrics(url)["requests"]["cancelled"] == 0:
+            assert time.monotonic() < deadline, metrics(url)["requests"]
+            time.sleep(0.05)
+        assert metrics(url)["requests"]["answered"] == 1  # the one that stayed
 
 
 def test_a_client_that_hangs_up_mid_stream_frees_the_engine(url):

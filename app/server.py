@@ -9,6 +9,7 @@ away turned into a Cancel, so the engine is free for the next request within a t
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
 import socket
@@ -337,7 +338,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        why = "is in use (another server?)" if e.errno in (98, 48, 10048) else f"cannot be used ({e.strerror})"
+        why = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be used ({e.strerror})"
         raise UsageError(f"port {port} on {host} {why}; choose another with --port") from None
     sock.listen(128)
     sock.set_inheritable(True)

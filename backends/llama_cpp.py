@@ -14,7 +14,7 @@ import ctypes
 import re
 import time
 from collections import deque
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import llama_cpp
 
@@ -24,12 +24,11 @@ from roost.backends.base import (
     EngineInfo,
     Event,
     MemoryReading,
-    Message,
     Params,
     Plan,
     Token,
 )
-from roost.backends.streaming import ChatPrompt, StopMatcher, check_fits, done, reusable_prefix
+from roost.backends.streaming import ChatPrompt, StopMatcher, TokenLoop, check_fits, done, reusable_prefix
 from roost.errors import ModelFileError
 
 
@@ -100,7 +99,7 @@ def build_info() -> tuple[bool, str, str]:
     return offload, device, system
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(TokenLoop):
     name = "llama.cpp"
 
     def __init__(self, model_path: str, plan: Plan = Plan()):
@@ -146,14 +145,6 @@ class LlamaCppEngine:
         return f"llama.cpp could not load {self.model_path}: {detail}"
 
     # -- generation -----------------------------------------------------------
-
-    def stream(
-        self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None
-    ) -> Iterator[Event]:
-        return self._generate(lambda: self._prompt.tokens(messages), params, cancel)
-
-    def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
-        return self._generate(lambda: self._prompt.text_tokens(prompt), params, cancel)
 
     def _generate(self, tokenize, params: Params, cancel: Cancel | None) -> Iterator[Event]:
         cancel = cancel or Cancel()

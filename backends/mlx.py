@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
@@ -23,8 +23,8 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from mlx_lm.utils import load as load_model
 
 from roost import memory
-from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Message, Params, Plan, Token
-from roost.backends.streaming import ChatPrompt, StopMatcher, check_fits, done, reusable_prefix
+from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Params, Plan, Token
+from roost.backends.streaming import ChatPrompt, StopMatcher, TokenLoop, check_fits, done, reusable_prefix
 from roost.errors import ModelFileError
 
 
@@ -48,7 +48,7 @@ def device() -> str:
     return "Metal" if sys.platform == "darwin" else "CUDA"
 
 
-class MlxEngine:
+class MlxEngine(TokenLoop):
     name = "mlx"
 
     def __init__(self, model_path: str, plan: Plan = Plan()):
@@ -79,14 +79,6 @@ class MlxEngine:
         self._held: list[int] = []  # the tokens whose keys and values the cache holds
 
     # -- generation -----------------------------------------------------------
-
-    def stream(
-        self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None
-    ) -> Iterator[Event]:
-        return self._generate(lambda: self._prompt.tokens(messages), params, cancel)
-
-    def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
-        return self._generate(lambda: self._prompt.text_tokens(prompt), params, cancel)
 
     def _generate(self, tokenize, params: Params, cancel: Cancel | None) -> Iterator[Event]:
         cancel = cancel or Cancel()

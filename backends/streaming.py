@@ -4,10 +4,10 @@ holds, the refusal of a prompt that does not fit, and stop strings held back."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from roost import chat_template, memory
-from roost.backends.base import Done, Message, Stats
+from roost.backends.base import Cancel, Done, Event, Message, Params, Stats
 from roost.errors import ContextOverflow
 
 
@@ -34,6 +34,23 @@ class ChatPrompt:
         if self._add_bos and (not tokens or tokens[0] != self._bos_id):
             tokens.insert(0, self._bos_id)
         return tokens
+
+
+class TokenLoop:
+    """A chat and a raw text reach an engine's one token loop, `_generate`, the same way:
+    as a function that renders and tokenizes, called inside the loop so that its time
+    counts toward the first token."""
+
+    _prompt: ChatPrompt
+
+    def stream(self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
+        return self._generate(lambda: self._prompt.tokens(messages), params, cancel)
+
+    def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
+        return self._generate(lambda: self._prompt.text_tokens(prompt), params, cancel)
+
+    def _generate(self, tokenize: Callable[[], list[int]], params: Params, cancel: Cancel | None) -> Iterator[Event]:
+        raise NotImplementedError
 
 
 def check_fits(prompt: list[int], n_ctx: int, n_ctx_train: int | None) -> None:

@@ -96,7 +96,7 @@ class Server:
                 Route("/v1/completions", guarded(self.completions), methods=["POST"]),
                 Route("/metrics", guarded(self.metrics)),
             ],
-            exception_handlers={HTTPException: self._http_error},
+            exception_handlers={HTTPException: self._http_error, Exception: self._internal_error},
         )
 
     def stop_all(self) -> None:
@@ -131,6 +131,13 @@ class Server:
     async def _http_error(self, request: Request, exc: HTTPException):
         return JSONResponse(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}").body(),
                             status_code=exc.status_code)
+
+    async def _internal_error(self, request: Request, exc: Exception):
+        # The traceback goes to the server's log; the client gets OpenAI's shape, not HTML.
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        self.counters.failed += 1
+        return JSONResponse(ApiError(500, f"the server failed: {type(exc).__name__}: {exc}", type="server_error").body(),
+                            status_code=500)
 
     async def _body(self, request: Request) -> dict:
         raw = bytearray()

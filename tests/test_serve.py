@@ -144,6 +144,21 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(url):
     assert metrics(url)["requests"]["running"] == 0
 
 
+class _Failing(ReplayEngine):
+    def stream(self, messages, params, cancel=None):
+        raise RuntimeError("the GPU fell off the bus")
+        yield
+
+
+def test_an_engine_failure_is_a_500_in_openai_shape_and_the_server_goes_on():
+    with served(_Failing(), api_key=KEY) as url:
+        for stream in (False, True):
+            r = post(url, {"model": "demo", "messages": CAPITAL, "stream": stream})
+            assert r.status_code == 500, r.text
+            assert r.json()["error"]["type"] == "server_error" and "GPU fell off" in r.json()["error"]["message"]
+        assert metrics(url)["requests"]["failed"] == 2 and httpx2.get(url + "/health").json()["busy"] is False
+
+
 def _ask_at_once(url, n, max_tokens=12):
     """n clients at the same moment; their responses."""
     start = threading.Barrier(n)

@@ -146,6 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
     serve.set_defaults(handler=cmd_serve)
 
+    bench = commands.add_parser(
+        "bench", help="measure prompt processing and generation speed here",
+        description="As llama-bench does: prompt processing (ppN) and generation (tgN) tok/s over several "
+        "repetitions, mean ± sd, with time to first token and load time apart, and generation beside the "
+        "bandwidth ceiling. Each result is kept; --history shows them.")
+    bench.add_argument("model", metavar="MODEL", nargs="?",
+                       help="a .gguf file, an MLX folder, a catalog name, a Hub repo, or demo; with --remote, the server's "
+                       "model (optional); with --history, text to match")
+    bench.add_argument("-p", "--pp", type=_positive_int, default=512, help="prompt tokens per prompt run (default: 512)")
+    bench.add_argument("-n", "--tg", type=_positive_int, default=128, help="tokens generated per generation run (default: 128)")
+    bench.add_argument("-r", "--repetitions", type=_positive_int, default=5, help="runs of each (default: 5)")
+    bench.add_argument("-c", "--ctx", type=_positive_int, help="context window (default: enough for the runs)")
+    bench.add_argument("--threads", type=_positive_int)
+    bench.add_argument("--gpu-layers", type=int)
+    bench.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
+    bench.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+    bench.add_argument("--json", action="store_true", help="print the result (or the history) as JSON")
+    bench.add_argument("--history", action="store_true", help="show earlier results on this machine instead")
+    _remote_options(bench)
+    bench.set_defaults(handler=cmd_bench)
+
     doctor = commands.add_parser("doctor", help="check this machine and roost's engines", description="The machine, the engines that can run here, and fixes for common mismatches.")
     doctor.add_argument("--measure", action="store_true", help="measure CPU memory bandwidth (a few seconds) and keep it for speed predictions")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -214,7 +235,7 @@ def cmd_run(args) -> int:
         if args.model is None:
             raise UsageError("give a model: roost run MODEL PROMPT (or --remote URL)")
         prompt = _read_prompt(args.prompt)
-        path, _, plan, engine_name = _loading_plan(args)
+        path, _, plan, engine_name, _ = _loading_plan(args)
         loading = time.perf_counter()
         engine = load(path, plan, engine=engine_name)
     load_s = time.perf_counter() - loading
@@ -264,8 +285,9 @@ def _connect(args):
 
 
 def _loading_plan(args):
-    """(path, name, plan, engine) for run and chat: the engine chosen, the model resolved
-    and pulled if need be, and checked to fit before anything is loaded."""
+    """(path, name, plan, engine, the planner's option) for run, chat, serve and bench: the
+    engine chosen, the model resolved and pulled if need be, and checked to fit before
+    anything is loaded."""
     from roost import catalog, hardware, loading
 
     ref = catalog.resolve(args.model)
@@ -276,11 +298,11 @@ def _loading_plan(args):
     can_ask = sys.stdin is not None and sys.stdin.isatty()
     if engine == "mlx":
         path = _mlx_folder(ref, machine, args.ctx, yes=args.yes, can_ask=can_ask)
-        name, plan = loading.plan_mlx(path, machine, args.ctx)
-        return path, name, plan, engine
+        name, plan, option = loading.plan_mlx(path, machine, args.ctx)
+        return path, name, plan, engine, option
     path = _model_file(ref, machine, args.ctx, yes=args.yes, can_ask=can_ask)
-    info, plan = loading.plan(path, machine, offload, args.ctx, args.gpu_layers, args.threads)
-    return path, info.name, plan, engine
+    info, plan, option = loading.plan(path, machine, offload, args.ctx, args.gpu_layers, args.threads)
+    return path, info.name, plan, engine, option
 
 
 def cmd_chat(args) -> int:
@@ -300,7 +322,7 @@ def cmd_chat(args) -> int:
         remote = _connect(args)
         app = RoostApp(lambda: remote, f"{remote.model} at {remote.host}", params, system=args.system)
     else:
-        path, name, plan, engine = _loading_plan(args)
+        path, name, plan, engine, _ = _loading_plan(args)
         app = RoostApp(lambda: load(path, plan, engine=engine), name, params, system=args.system)
     app.run()
     return 0
@@ -315,7 +337,7 @@ def cmd_serve(args) -> int:
 
     api_key = args.api_key or os.environ.get("ROOST_API_KEY") or None
     sock = server.listen(args.host, args.port)  # a taken port is said before minutes of loading
-    path, _, plan, engine_name = _loading_plan(args)
+    path, _, plan, engine_name, _ = _loading_plan(args)
     engine = load(path, plan, engine=engine_name)
     given = args.model
     model_id = args.name or (os.path.basename(os.path.normpath(given)).removesuffix(".gguf")
@@ -340,6 +362,48 @@ def cmd_serve(args) -> int:
         engine.close()
     print("roost: server stopped", file=sys.stderr)
     return code
+
+
+def cmd_bench(args) -> int:
+    import time
+
+    from roost import bench, report
+    from roost.backends import load
+    from roost.backends.base import Cancel
+
+    if args.history:
+        records = bench.past(args.model)
+        if args.json:
+            print(json.dumps(records, indent=2))
+        elif not records:
+            print("no benchmarks yet (roost bench MODEL)" + (f" matching {args.model!r}" if args.model else ""))
+        else:
+            print(report.bench_history(records))
+        return 0
+    if args.remote:
+        engine = _connect(args)
+        name, load_s, ceiling = f"{engine.model} at {engine.host}", None, None
+    else:
+        if args.model is None:
+            raise UsageError("give a model: roost bench MODEL (or --remote URL, or --history)")
+        args.ctx = args.ctx or args.pp + args.tg + 64  # room for the runs, and no more memory than they need
+        path, name, plan, engine_name, option = _loading_plan(args)
+        loading = time.perf_counter()
+        engine = load(path, plan, engine=engine_name)
+        load_s, ceiling = time.perf_counter() - loading, option.ceiling_tps
+    cancel = Cancel()
+    try:
+        with _first_interrupt_cancels(cancel):
+            result = bench.run(engine, args.pp, args.tg, args.repetitions, model=name, load_s=load_s,
+                               ceiling_tps=ceiling, cancel=cancel,
+                               on_step=None if args.json else lambda step: print(f"  {step}…", file=sys.stderr))
+    finally:
+        engine.close()
+    kept = bench.remember(result)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else report.bench(result))
+    if not args.json:
+        print(f"kept in {kept}", file=sys.stderr)
+    return 0
 
 
 def cmd_fit(args) -> int:

@@ -17,13 +17,18 @@ from dataclasses import dataclass
 from roost.backends.base import Message, Stats
 
 
-def history_dir() -> str:
-    override = os.environ.get("ROOST_HISTORY_DIR")
+def data_dir() -> str:
+    """Where roost keeps what it records: conversations, benchmark results."""
+    override = os.environ.get("ROOST_DATA_DIR")
     if override:
         return override
     from platformdirs import user_data_dir
 
-    return os.path.join(user_data_dir("roost"), "history")
+    return user_data_dir("roost")
+
+
+def history_dir() -> str:
+    return os.environ.get("ROOST_HISTORY_DIR") or os.path.join(data_dir(), "history")
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,14 @@ def check_gpu_layers(gpu_layers: int | None, offload: bool) -> None:
 
 def plan(path: str, machine, offload: bool, ctx: int | None = None, gpu_layers: int | None = None,
          threads: int | None = None):
-    """(GGUF info, Plan) for one file on this machine; ModelTooBig before any loading."""
+    """(GGUF info, Plan, the planner's Option) for one file on this machine; ModelTooBig
+    before any loading."""
     from roost import fit, gguf_info
 
     check_gpu_layers(gpu_layers, offload)
     info = gguf_info.read(path)
-    chosen, _ = fit.plan_file(info, context(ctx, info.name, info.n_ctx_train), machine, offload, gpu_layers)
-    return info, replace(chosen, n_threads=threads) if threads else chosen
+    chosen, option = fit.plan_file(info, context(ctx, info.name, info.n_ctx_train), machine, offload, gpu_layers)
+    return info, replace(chosen, n_threads=threads) if threads else chosen, option
 
 
 def engine_for(requested: str | None, ref, machine) -> str:
@@ -70,11 +71,12 @@ def engine_for(requested: str | None, ref, machine) -> str:
 
 
 def plan_mlx(path: str, machine, ctx: int | None = None):
-    """(name, Plan) for an MLX model folder; ModelTooBig before any loading. MLX places
-    everything on the GPU of a Mac, and on the CPU elsewhere."""
+    """(name, Plan, Option) for an MLX model folder; ModelTooBig before any loading. MLX
+    places everything on the GPU of a Mac, and on the CPU elsewhere."""
     from roost import fit, mlx_models
 
     model = mlx_models.local(path)
     n_ctx = context(ctx, model.name, model.shape.n_ctx_train)
-    chosen, _ = fit.plan_quant(model.name, model.shape, model.quant, n_ctx, machine, use_gpu=machine.apple is not None)
-    return model.name, chosen
+    chosen, option = fit.plan_quant(model.name, model.shape, model.quant, n_ctx, machine,
+                                    use_gpu=machine.apple is not None)
+    return model.name, chosen, option

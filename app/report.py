@@ -125,3 +125,42 @@ def doctor(data: dict, m: Machine) -> str:
         lines.append(f"engine      {e['name']}: {'yes' if e['available'] else 'no'} — {e['detail']}")
     lines += [f"advice      {a}" for a in data["advice"]] or ["advice      none: this machine is set up well"]
     return "\n".join(lines)
+
+
+def _rate(r: dict | object) -> str:
+    mean, sd = (r["mean"], r["sd"]) if isinstance(r, dict) else (r.mean, r.sd)
+    return f"{mean:,.1f} ± {sd:,.1f}"
+
+
+def bench(result) -> str:
+    """A result as llama-bench lays one out: a row per test, then what is not a rate."""
+    where = f"{result.device}" + (f", {result.n_gpu_layers} layers on GPU" if result.n_gpu_layers else "")
+    rows = [["model", "engine", "device", "test", "t/s"],
+            [result.model, result.engine, where, f"pp{round(result.pp.tokens)}", _rate(result.pp)],
+            ["", "", "", f"tg{round(result.tg.tokens)}", _rate(result.tg)]]
+    lines = [table(rows, right={4})]
+    if result.ceiling_tps:
+        lines.append(f"generation is {result.efficiency:.0%} of this machine's bandwidth ceiling "
+                     f"({result.ceiling_tps:,.1f} tok/s: bandwidth ÷ bytes read per token)")
+    elif result.engine == "remote":
+        lines.append("bandwidth ceiling: n/a (the model runs on a server)")
+    else:
+        lines.append("bandwidth ceiling: unknown until `roost doctor --measure` has measured this machine's memory")
+    load = f"load {result.load_s:.2f} s · " if result.load_s is not None else ""
+    lines.append(f"{load}TTFT {result.ttft_s.mean:.3f} ± {result.ttft_s.sd:.3f} s at pp{round(result.pp.tokens)}"
+                 f" · {result.repetitions} repetitions after a warm-up · context {result.n_ctx}")
+    if result.short_tg:
+        lines.append(f"note: {result.short_tg} generation run(s) ended early at an end-of-text token")
+    return "\n".join(lines)
+
+
+def bench_history(records: list[dict]) -> str:
+    import time
+
+    rows = [["when", "model", "engine", "device", "pp t/s", "tg t/s", "of ceiling", "TTFT s"]]
+    for r in records:
+        eff = f"{r['efficiency']:.0%}" if r.get("efficiency") else "n/a"
+        rows.append([time.strftime("%Y-%m-%d %H:%M", time.localtime(r["when"])), r["model"], r["engine"], r["device"],
+                     f"pp{round(r['pp']['tokens'])} {_rate(r['pp'])}", f"tg{round(r['tg']['tokens'])} {_rate(r['tg'])}",
+                     eff, f"{r['ttft_s']['mean']:.3f}"])
+    return table(rows, right={4, 5, 6, 7})

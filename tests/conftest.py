@@ -18,8 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(autouse=True)
 def private_history(tmp_path_factory, monkeypatch):
-    """Conversations saved by tests stay out of the user's history."""
+    """Conversations and benchmark results saved by tests stay out of the user's."""
     monkeypatch.setenv("ROOST_HISTORY_DIR", str(tmp_path_factory.mktemp("history")))
+    monkeypatch.setenv("ROOST_DATA_DIR", str(tmp_path_factory.mktemp("data")))
 
 
 @pytest.fixture(scope="session")

@@ -70,9 +70,9 @@ class RoostApp(App):
 
         try:
             if self.engine_name == "mlx":
-                name, plan = loading.plan_mlx(path, self.here, self.load_options.get("ctx"))
+                name, plan, _ = loading.plan_mlx(path, self.here, self.load_options.get("ctx"))
             else:
-                info, plan = loading.plan(path, self.here, loading.can_offload(), **self.load_options)
+                info, plan, _ = loading.plan(path, self.here, loading.can_offload(), **self.load_options)
                 name = info.name
         except RoostError as e:
             self.notify(str(e), severity="error", timeout=15)

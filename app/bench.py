@@ -1,0 +1,136 @@
+"""`roost bench`: prompt processing and generation speed on this machine, measured the
+way llama-bench measures them, beside the ceiling that memory bandwidth sets.
+
+Each repetition runs two raw-text completions through the Engine interface, so every
+engine (llama.cpp, MLX, a server) is measured by the same code and with its own clock:
+  - pp: a prompt of about `pp` tokens and one token out: prefill tok/s, and TTFT;
+  - tg: a short prompt and `tg` tokens out: generation tok/s at an empty context.
+Every prompt opens with the repetition's number, so no run reuses another's KV cache.
+A warm-up run comes first and is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+from roost.backends.base import Done, Engine, Params
+
+# Common words that are one token each in most vocabularies: the prompt's length in
+# tokens is then close to its length in words. The count used is the engine's own.
+WORDS = ("the of and to in is it that for on was with as at by this from or an be are not have "
+         "but one all were we when there can more if no out so up about into than them some").split()
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8,"  # a continuation a model keeps going without stopping
+
+
+@dataclass(frozen=True)
+class Rate:
+    """tok/s over the repetitions: mean and sample standard deviation."""
+
+    tokens: float  # tokens per run, on average (the engine's count)
+    mean: float
+    sd: float
+
+    @classmethod
+    def of(cls, tokens: list[int], rates: list[float]) -> "Rate":
+        return cls(statistics.fmean(tokens), statistics.fmean(rates), statistics.stdev(rates) if len(rates) > 1 else 0.0)
+
+
+@dataclass(frozen=True)
+class Result:
+    model: str
+    engine: str
+    device: str
+    n_ctx: int
+    n_gpu_layers: int
+    n_threads: int | None
+    repetitions: int
+    pp: Rate
+    tg: Rate
+    ttft_s: Rate  # mean and sd of the pp runs' time to first token, in seconds (tokens: the prompt)
+    load_s: float | None
+    ceiling_tps: float | None  # generation's bandwidth ceiling on this machine; None where unknown (a server)
+    short_tg: int  # tg runs that stopped before `tg` tokens (an end-of-text token)
+    when: float = 0.0
+
+    @property
+    def efficiency(self) -> float | None:
+        return self.tg.mean / self.ceiling_tps if self.ceiling_tps else None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["efficiency"] = round(self.efficiency, 4) if self.efficiency else None
+        return d
+
+
+def pp_prompt(rep: int, n: int) -> str:
+    return f"{rep}. " + " ".join(WORDS[i % len(WORDS)] for i in range(n - 2))
+
+
+def run(engine: Engine, pp: int = 512, tg: int = 128, repetitions: int = 5, *, model: str, load_s: float | None,
+        ceiling_tps: float | None, cancel=None, on_step=None) -> Result:
+    """Measure; on_step(text) hears what runs, for a progress line."""
+    def complete(prompt: str, max_tokens: int) -> Done:
+        for event in engine.complete(prompt, Params(temperature=0, seed=0, max_tokens=max_tokens), cancel):
+            if isinstance(event, Done):
+                if event.stats.stop_reason == "cancelled":
+                    raise KeyboardInterrupt
+                return event
+
+    step = on_step or (lambda text: None)
+    step("warm-up")
+    complete(f"warm up. {COUNTING}", 8)
+    pp_runs, tg_runs = [], []
+    for rep in range(1, repetitions + 1):
+        step(f"pp{pp} {rep}/{repetitions}")
+        pp_runs.append(complete(pp_prompt(rep, pp), 1).stats)
+        step(f"tg{tg} {rep}/{repetitions}")
+        tg_runs.append(complete(f"{rep}. {COUNTING}", tg).stats)
+    info = engine.info()
+    return Result(
+        model=model, engine=info.engine, device=info.device, n_ctx=info.n_ctx, n_gpu_layers=info.n_gpu_layers,
+        n_threads=info.n_threads, repetitions=repetitions,
+        pp=Rate.of([s.prefilled_tokens for s in pp_runs], [s.prefill_tps for s in pp_runs]),
+        tg=Rate.of([s.generated_tokens for s in tg_runs], [s.decode_tps for s in tg_runs]),
+        ttft_s=Rate.of([s.prompt_tokens for s in pp_runs], [s.ttft_s for s in pp_runs]),
+        load_s=load_s, ceiling_tps=ceiling_tps, short_tg=sum(s.generated_tokens < tg for s in tg_runs),
+        when=time.time(),
+    )
+
+
+# -- history ---------------------------------------------------------------------------------
+
+
+def history_path() -> str:
+    from roost.history import data_dir
+
+    return os.path.join(data_dir(), "bench.jsonl")
+
+
+def remember(result: Result) -> str:
+    path = history_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(result.as_dict()) + "\n")
+    return path
+
+
+def past(model_text: str | None = None) -> list[dict]:
+    """Earlier results on this machine, oldest first; lines a crash tore are skipped."""
+    try:
+        with open(history_path(), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "tg" in record and (model_text is None or model_text in record.get("model", "")):
+            records.append(record)
+    return records

@@ -273,15 +273,20 @@ def cmd_run(args) -> int:
 
 def _connect(args):
     """The remote engine for --remote; what only a local model takes is refused."""
-    import os
-
     from roost.backends import connect
 
     local = [f"--{name.replace('_', '-')}" for name in ("engine", "ctx", "threads", "gpu_layers")
              if getattr(args, name, None) is not None]
     if local:
         raise UsageError(f"{', '.join(local)}: set on the server (roost serve), not with --remote")
-    return connect(args.remote, args.model, args.api_key or os.environ.get("ROOST_API_KEY") or None)
+    return connect(args.remote, args.model, _api_key(args))
+
+
+def _api_key(args) -> str | None:
+    """--api-key, else ROOST_API_KEY: the same key names a server and its clients."""
+    import os
+
+    return args.api_key or os.environ.get("ROOST_API_KEY") or None
 
 
 def _loading_plan(args):
@@ -335,7 +340,7 @@ def cmd_serve(args) -> int:
     from roost import server
     from roost.backends import load
 
-    api_key = args.api_key or os.environ.get("ROOST_API_KEY") or None
+    api_key = _api_key(args)
     sock = server.listen(args.host, args.port)  # a taken port is said before minutes of loading
     path, _, plan, engine_name, _ = _loading_plan(args)
     engine = load(path, plan, engine=engine_name)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import re
-import time
 from collections import deque
 from typing import Iterator
 
@@ -26,9 +25,8 @@ from roost.backends.base import (
     MemoryReading,
     Params,
     Plan,
-    Token,
 )
-from roost.backends.streaming import ChatPrompt, StopMatcher, TokenLoop, check_fits, done, reusable_prefix
+from roost.backends.streaming import ChatPrompt, Clock, StopMatcher, TokenLoop, check_fits, done, reusable_prefix
 from roost.errors import ModelFileError
 
 
@@ -149,7 +147,7 @@ class LlamaCppEngine(TokenLoop):
     def _generate(self, tokenize, params: Params, cancel: Cancel | None) -> Iterator[Event]:
         cancel = cancel or Cancel()
         llm = self._llm
-        clock = _Clock()
+        clock = Clock()
         n_ctx = self._n_ctx
         prompt = tokenize()  # inside the clock: rendering and tokenizing are part of TTFT
         check_fits(prompt, n_ctx, self._n_ctx_train)
@@ -249,31 +247,3 @@ class LlamaCppEngine(TokenLoop):
         if llm is not None:
             llm.close()
 
-
-class _Clock:
-    """The moments that make the stats, all taken at the token."""
-
-    def __init__(self) -> None:
-        self.called = self.prefill_start = time.perf_counter()
-        self.first = self.last = None
-
-    def prefill_started(self) -> None:
-        self.prefill_start = time.perf_counter()
-
-    def token(self) -> None:
-        self.last = time.perf_counter()
-        self.first = self.first or self.last
-
-    def stamp(self, text: str, generated: int, prompt_tokens: int) -> Token:
-        first = self.first or time.perf_counter()
-        return Token(text, generated, (self.last or first) - first, first - self.called, prompt_tokens)
-
-    def durations(self) -> dict[str, float]:
-        # A token's logits are only certain to be computed once it has been sampled
-        # (GPU backends decode asynchronously), so prefill ends at the first sample.
-        first = self.first or time.perf_counter()
-        return dict(
-            prefill_s=first - self.prefill_start,
-            decode_s=(self.last or first) - first,
-            ttft_s=first - self.called,
-        )

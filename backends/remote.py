@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from dataclasses import fields, replace
 from typing import Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import httpx2
 
-from roost.backends.base import (Cancel, Done, EngineInfo, Event, MemoryReading, Message, Params, Stats,
-                                 Token)
+from roost.backends.base import Cancel, Done, EngineInfo, Event, MemoryReading, Message, Params, Stats
+from roost.backends.streaming import Clock
 from roost.errors import ContextOverflow, RemoteError, UsageError
 
 CONNECT_S = 10.0
@@ -101,7 +100,7 @@ class RemoteEngine:
         cancel = cancel or Cancel()
         body = {"model": self.model, **body, **self._sampling(params), "stream": True,
                 "stream_options": {"include_usage": True}}
-        clock = _Clock()
+        clock = Clock()
         text: list[str] = []
         prompt_tokens = 0
         end: dict = {}  # what the last chunks say: finish_reason, usage, timings, roost
@@ -129,7 +128,7 @@ class RemoteEngine:
                             if piece:
                                 clock.token()
                                 text.append(piece)
-                                yield Token(piece, len(text), clock.decode_s(), clock.ttft_s(), prompt_tokens)
+                                yield clock.stamp(piece, len(text), prompt_tokens)
                 finally:
                     take_back()
         except (httpx2.HTTPError, ValueError) as e:
@@ -138,10 +137,11 @@ class RemoteEngine:
         answer = "".join(text)
         yield Done(answer, self._stats(end, clock, len(text), prompt_tokens, cancel.is_set()))
 
-    def _stats(self, end: dict, clock: "_Clock", pieces: int, prompt_tokens: int, cancelled: bool) -> Stats:
-        ttft = clock.ttft_s()
+    def _stats(self, end: dict, clock: Clock, pieces: int, prompt_tokens: int, cancelled: bool) -> Stats:
+        seen = clock.durations()  # here, at the chunk: the network included
+        ttft = seen["ttft_s"]
         if cancelled:
-            return Stats(prompt_tokens, 0, pieces, ttft, clock.decode_s(), ttft, "cancelled", self._n_ctx(), None)
+            return Stats(prompt_tokens, 0, pieces, ttft, seen["decode_s"], ttft, "cancelled", self._n_ctx(), None)
         if "roost" in end and "stop_reason" in end["roost"]:
             server = Stats.from_dict(end["roost"])
             return replace(server, ttft_s=max(ttft, server.prefill_s))
@@ -153,7 +153,7 @@ class RemoteEngine:
             cached_tokens=cached,
             generated_tokens=usage.get("completion_tokens", timing.get("predicted_n", pieces)),
             prefill_s=timing["prompt_ms"] / 1000 if "prompt_ms" in timing else ttft,
-            decode_s=timing["predicted_ms"] / 1000 if "predicted_ms" in timing else clock.decode_s(),
+            decode_s=timing["predicted_ms"] / 1000 if "predicted_ms" in timing else seen["decode_s"],
             ttft_s=ttft,
             stop_reason="length" if end.get("finish_reason") == "length" else "stop",
             n_ctx=self._n_ctx(),
@@ -189,22 +189,6 @@ class RemoteEngine:
 
     def close(self) -> None:
         self._client.close()
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.called = time.perf_counter()
-        self.first = self.last = None
-
-    def token(self) -> None:
-        self.last = time.perf_counter()
-        self.first = self.first or self.last
-
-    def ttft_s(self) -> float:
-        return (self.first or time.perf_counter()) - self.called
-
-    def decode_s(self) -> float:
-        return (self.last - self.first) if self.first else 0.0
 
 
 def _hang_up(response) -> None:

@@ -4,10 +4,11 @@ holds, the refusal of a prompt that does not fit, and stop strings held back."""
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterator, Sequence
 
 from roost import chat_template, memory
-from roost.backends.base import Cancel, Done, Event, Message, Params, Stats
+from roost.backends.base import Cancel, Done, Event, Message, Params, Stats, Token
 from roost.errors import ContextOverflow
 
 
@@ -109,3 +110,33 @@ class StopMatcher:
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return out
+
+
+class Clock:
+    """The moments that make the stats, all taken at the token (the engine's, or the
+    chunk's as a client receives it)."""
+
+    def __init__(self) -> None:
+        self.called = self.prefill_start = time.perf_counter()
+        self.first = self.last = None
+
+    def prefill_started(self) -> None:
+        self.prefill_start = time.perf_counter()
+
+    def token(self) -> None:
+        self.last = time.perf_counter()
+        self.first = self.first or self.last
+
+    def stamp(self, text: str, generated: int, prompt_tokens: int) -> Token:
+        first = self.first or time.perf_counter()
+        return Token(text, generated, (self.last or first) - first, first - self.called, prompt_tokens)
+
+    def durations(self) -> dict[str, float]:
+        # A token's logits are only certain to be computed once it has been sampled
+        # (GPU backends decode asynchronously), so prefill ends at the first sample.
+        first = self.first or time.perf_counter()
+        return dict(
+            prefill_s=first - self.prefill_start,
+            decode_s=(self.last or first) - first,
+            ttft_s=first - self.called,
+        )

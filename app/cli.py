@@ -623,8 +623,9 @@ def cmd_doctor(args) -> int:
         gbs = bandwidth.measure(hardware.default_threads())
         where = bandwidth.save_measured(gbs)
         print(f"measured CPU memory bandwidth: {gbs:.1f} GB/s (kept in {where})", file=sys.stderr)
-    machine = hardware.detect()
-    data = doctor.report(machine)
+    probe = hardware.default_probe()
+    machine = hardware.detect(probe)
+    data = doctor.report(machine, probe.cuda_toolkit() if machine.gpus else None)
     print(json.dumps(data, indent=2) if args.json else report.doctor(data, machine))
     return 0
 

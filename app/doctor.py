@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from roost import engine_build
 from roost.hardware import Machine
-
-CUDA_REBUILD = 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
-METAL_REBUILD = 'CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
 
 
 @dataclass(frozen=True)
@@ -46,13 +44,29 @@ def mlx_status(machine: Machine) -> EngineStatus:
     return EngineStatus("mlx", True, f"mlx-lm {version('mlx-lm')}", True)
 
 
-def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus) -> list[str]:
+def wanted_build(machine: Machine, cuda_toolkit: str | None) -> engine_build.Build:
+    """The llama.cpp build packaging/install.sh would choose for this machine."""
+    facts = engine_build.Facts(
+        system=engine_build.SYSTEMS.get(machine.os, machine.os),
+        arch=machine.arch,
+        gpus=tuple((g.name, g.compute_capability) for g in machine.gpus),
+        nvcc=cuda_toolkit,
+    )
+    return engine_build.choose(facts)
+
+
+def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus, build: engine_build.Build) -> list[str]:
     out = []
-    if machine.gpus and llama.available and not llama.gpu_offload:
-        names = ", ".join(g.name for g in machine.gpus)
-        out.append(f"{names} is idle: llama-cpp-python was built for the CPU only. Rebuild it with CUDA: {CUDA_REBUILD}")
-    if machine.apple and llama.available and not llama.gpu_offload:
-        out.append(f"llama-cpp-python was built without Metal, so models run on the CPU. Rebuild it: {METAL_REBUILD}")
+    if llama.available and not llama.gpu_offload:
+        idle = ", ".join(g.name for g in machine.gpus) or (f"{machine.apple.chip}'s GPU" if machine.apple else "")
+        if build.name != "cpu":
+            from importlib.metadata import version
+
+            line = build.pip_line(f"llama-cpp-python=={version('llama-cpp-python')}")
+            out.append(f"{idle} is idle: llama-cpp-python was built for the CPU only. Rebuild it for "
+                       f"{engine_build.DEVICE[build.name]}: {line} (or run packaging/install.sh in roost's checkout)")
+        elif idle:
+            out.extend(f"{idle} is idle: {w}" for w in build.warnings)
     if machine.apple and not mlx.available:
         out.append("MLX, the faster engine on Apple Silicon, is not installed: pip install 'roost[mlx]'")
     if not llama.available:
@@ -62,10 +76,12 @@ def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus) -> list[str
     return out
 
 
-def report(machine: Machine) -> dict:
+def report(machine: Machine, cuda_toolkit: str | None = None) -> dict:
     llama, mlx = llama_status(), mlx_status(machine)
+    build = wanted_build(machine, cuda_toolkit)
     return {
         "machine": machine.as_dict(),
         "engines": [asdict(llama), asdict(mlx)],
-        "advice": advice(machine, llama, mlx),
+        "build": {"wanted": build.name, "why": build.why, "cmake_args": build.cmake_args},
+        "advice": advice(machine, llama, mlx, build),
     }

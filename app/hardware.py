@@ -201,6 +201,12 @@ class Probe:
 
         return bandwidth.load_measured()
 
+    def cuda_toolkit(self) -> str | None:
+        """The CUDA toolkit's version, which a CUDA build of llama.cpp is compiled with."""
+        from roost import engine_build
+
+        return engine_build.find_nvcc()[0]
+
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -242,6 +248,9 @@ class RecordedProbe(Probe):
 
     def measured_cpu_bandwidth(self):
         return self.readings.get("cpu_bandwidth_gbs")
+
+    def cuda_toolkit(self):
+        return self.readings.get("cuda_toolkit")
 
 
 def default_probe() -> Probe:

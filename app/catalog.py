@@ -18,7 +18,10 @@ from pathlib import Path
 
 from roost.errors import RoostError
 
-CATALOG = Path(__file__).resolve().parent.parent / "models.toml"
+_HERE = Path(__file__).resolve().parent
+# A wheel carries the catalog inside the package; a checkout keeps it at its top level.
+CATALOG = next((p for p in (_HERE / "catalog_file" / "models.toml", _HERE.parent / "models.toml") if p.exists()),
+               _HERE.parent / "models.toml")
 
 # Quant names as they appear in GGUF file names ("…-Q4_K_M.gguf", "….IQ3_XXS.gguf").
 QUANT_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(I?Q\d+_[A-Z0-9_]+?|Q\d+_\d|BF16|F16|F32|TQ\d_\d|MXFP4)(?=[.-])", re.I)

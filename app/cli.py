@@ -18,6 +18,7 @@ from roost.loading import DEFAULT_CTX
 
 EXIT_INTERRUPTED = 130
 DEFAULT_PORT = 8080
+PPL_CTX = 512  # llama-perplexity's default chunk, so that figures compare with the community's
 ENGINE_HELP = ("llama (llama.cpp) or mlx (MLX model folders, MLX builds of catalog models); "
                "default: MLX on Apple Silicon where the model has an MLX build that fits, else llama")
 
@@ -166,6 +167,36 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--history", action="store_true", help="show earlier results on this machine instead")
     _remote_options(bench)
     bench.set_defaults(handler=cmd_bench)
+
+    evaluate = commands.add_parser(
+        "eval", help="compare models or quants here: accuracy on an eval set, perplexity, drift",
+        description="Runs each model in turn over an eval set (JSON lines; the built-in one has 52 items: "
+        "arithmetic, units, facts, multiple choice, following a format), greedy, and shows accuracy with its "
+        "95% confidence interval, generation speed and memory, and which items changed from the first model. "
+        "--ppl: perplexity on a text instead, and KL divergence and top-1 agreement against the first model. "
+        "Results are kept with roost bench's; --history shows them.")
+    evaluate.add_argument("models", metavar="MODEL", nargs="*",
+                          help="a .gguf file, an MLX folder, a catalog name (NAME:QUANT), a Hub repo, demo, or the "
+                          "URL of an OpenAI-compatible server; the first is the one the others are compared with")
+    evaluate.add_argument("--set", metavar="FILE", help="your own eval set, JSON lines (see README: roost eval)")
+    evaluate.add_argument("--limit", type=_positive_int, metavar="N", help="only the set's first N items")
+    evaluate.add_argument("--answers", action="store_true", help="also list every item's verdict and answer")
+    evaluate.add_argument("--ppl", metavar="TEXTFILE", help="perplexity on this text, and KL divergence from the first model")
+    evaluate.add_argument("--chunks", type=_positive_int, metavar="N", help="score only the text's first N chunks")
+    golden = evaluate.add_mutually_exclusive_group()
+    golden.add_argument("--golden", action="store_true",
+                        help="store each model's answers the first time; later, warn with a diff where they drift")
+    golden.add_argument("--golden-update", action="store_true", help="store each model's answers as golden anew")
+    evaluate.add_argument("-c", "--ctx", type=_positive_int,
+                          help=f"context window (default: {DEFAULT_CTX}); with --ppl, tokens per chunk (default: {PPL_CTX})")
+    evaluate.add_argument("--threads", type=_positive_int)
+    evaluate.add_argument("--gpu-layers", type=int)
+    evaluate.add_argument("-y", "--yes", action="store_true", help="download models without asking if they are not here yet")
+    evaluate.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+    evaluate.add_argument("--api-key", help="the servers' API key (default: $ROOST_API_KEY, if set)")
+    evaluate.add_argument("--json", action="store_true", help="print the results (or the history) as JSON")
+    evaluate.add_argument("--history", action="store_true", help="show earlier results on this machine instead")
+    evaluate.set_defaults(handler=cmd_eval)
 
     doctor = commands.add_parser("doctor", help="check this machine and roost's engines", description="The machine, the engines that can run here, and fixes for common mismatches.")
     doctor.add_argument("--measure", action="store_true", help="measure CPU memory bandwidth (a few seconds) and keep it for speed predictions")
@@ -372,12 +403,12 @@ def cmd_serve(args) -> int:
 def cmd_bench(args) -> int:
     import time
 
-    from roost import bench, report
+    from roost import bench, report, results
     from roost.backends import load
     from roost.backends.base import Cancel
 
     if args.history:
-        records = bench.past(args.model)
+        records = results.past("bench", args.model)
         if args.json:
             print(json.dumps(records, indent=2))
         elif not records:
@@ -404,10 +435,148 @@ def cmd_bench(args) -> int:
                                on_step=None if args.json else lambda step: print(f"  {step}…", file=sys.stderr))
     finally:
         engine.close()
-    kept = bench.remember(result)
+    kept = results.remember("bench", result.as_dict())
     print(json.dumps(result.as_dict(), indent=2) if args.json else report.bench(result))
     if not args.json:
         print(f"kept in {kept}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from roost import report, results
+
+    if args.history:
+        records = results.past("eval", " ".join(args.models) or None)
+        scored = results.past("perplexity", " ".join(args.models) or None)
+        if args.json:
+            print(json.dumps({"eval": records, "perplexity": scored}, indent=2))
+        elif not records and not scored:
+            print("no evaluations yet (roost eval MODEL ...)")
+        else:
+            print("\n\n".join(t for t in (records and report.eval_history(records),
+                                            scored and report.perplexity_history(scored)) if t))
+        return 0
+    if not args.models:
+        raise UsageError("give one or more models: roost eval MODEL [MODEL ...] (or --history)")
+    if args.ppl:
+        return _eval_perplexity(args)
+    return _eval_set(args)
+
+
+def _eval_models(args, ctx: int | None):
+    """Each model named, checked (found, pulled, planned to fit) before any is loaded, then
+    loaded in turn and closed before the next: yields (the name shown, path, engine, load
+    seconds); path is None for a server."""
+    import time
+
+    from roost.backends import connect, load
+
+    prepared = []
+    from roost.report import labels
+
+    for spec, name in zip(args.models, labels(args.models)):
+        if spec.startswith(("http://", "https://")):
+            prepared.append((spec, name, None, None, None))
+        else:
+            path, _, plan, engine_name, _ = _loading_plan(argparse.Namespace(**{**vars(args), "model": spec, "ctx": ctx}))
+            prepared.append((spec, name, path, plan, engine_name))
+    for spec, name, path, plan, engine_name in prepared:
+        started = time.perf_counter()
+        engine = connect(spec, None, _api_key(args)) if path is None else load(path, plan, engine=engine_name)
+        try:
+            yield name, path, engine, time.perf_counter() - started
+        finally:
+            engine.close()
+
+
+def _progress(args, text: str) -> None:
+    if not args.json:
+        print(f"  {text}", file=sys.stderr, flush=True)
+
+
+def _eval_set(args) -> int:
+    from roost import eval_set, evaluate, golden, report, results
+    from roost.backends.base import Cancel
+
+    set_name, items = eval_set.load(args.set)  # a bad line is found before any model loads
+    items = items[: args.limit]
+    runs, checks = [], []
+    cancel = Cancel()
+    with _first_interrupt_cancels(cancel):
+        for name, path, engine, load_s in _eval_models(args, args.ctx):
+            _progress(args, f"{name}: {len(items)} items…")
+            run = evaluate.run(engine, items, model=name, set_name=set_name, load_s=load_s, cancel=cancel)
+            runs.append(run)
+            if args.golden or args.golden_update:
+                model_id = golden.identity(path) if path else f"{engine.url} {engine.model}"
+                checks.append(_golden(args, golden, report, model_id, run, items, engine.info()))
+    changes = [evaluate.changes(runs[0], r) for r in runs[1:]]
+    for run in runs:
+        results.remember("eval", run.as_dict(answers=False))
+    if args.json:
+        print(json.dumps({"set": set_name, "items": len(items),
+                          "models": [dict(r.as_dict(), **({"golden": g} if checks else {}))
+                                     for r, g in zip(runs, checks or [None] * len(runs))],
+                          "changes": [c.__dict__ for c in changes]}, indent=2, ensure_ascii=False))
+        return 0
+    if args.answers:
+        for run in runs:
+            print(report.answers(run, items) + "\n")
+    print(report.evaluation(runs, changes, set_name))
+    return 0
+
+
+def _golden(args, golden, report, model_id: str, run, items, info) -> dict:
+    """Store the answers as golden, or compare them with those stored; drift is a warning."""
+    old = None if args.golden_update else golden.stored(model_id, run)
+    if old is None:
+        where = golden.record(model_id, run, items, info)
+        if not args.json:
+            print(f"roost: golden outputs of {run.model} stored in {where}", file=sys.stderr)
+        return {"stored": where}
+    drift = golden.compare(old, run, items)
+    if not args.json:
+        if drift.changed or drift.missing or drift.new or drift.reworded:
+            print(report.drift(run.model, drift, golden.diff), file=sys.stderr)
+        else:
+            print(f"roost: {run.model} gives its golden outputs, all {len(run.answers)} of them", file=sys.stderr)
+    return {"changed": [{"id": i, "golden": old_text, "now": new} for i, old_text, new in drift.changed],
+            "missing": drift.missing, "new": drift.new, "reworded": drift.reworded, "recorded": drift.recorded}
+
+
+def _eval_perplexity(args) -> int:
+    from roost import perplexity, report, results
+    from roost.backends.base import Cancel
+
+    servers = [m for m in args.models if m.startswith(("http://", "https://"))]
+    if servers:
+        raise UsageError(f"{servers[0]}: perplexity needs the model's whole distribution at every position, which "
+                         "a server does not send; run it on the machine that holds the model")
+    try:
+        with open(args.ppl, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"no text file at {args.ppl}") from None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise UsageError(f"{args.ppl} is not a UTF-8 text file") from None
+    ctx = args.ctx or PPL_CTX
+    scores, reference = [], None
+    cancel = Cancel()
+    try:
+        with _first_interrupt_cancels(cancel):
+            for name, _, engine, _ in _eval_models(args, ctx):
+                score, kept = perplexity.score(
+                    engine, text, ctx, model=name, text_name=args.ppl, limit=args.chunks, reference=reference,
+                    keep=reference is None and len(args.models) > 1, cancel=cancel,
+                    on_chunk=lambda i, n, name=name: _progress(args, f"{name}: chunk {i + 1}/{n}…"))
+                reference = reference or kept
+                scores.append(score)
+    finally:
+        if reference is not None:
+            reference.close()
+    for score in scores:
+        results.remember("perplexity", score.as_dict())
+    print(json.dumps([s.as_dict() for s in scores], indent=2) if args.json else report.perplexity(scores))
     return 0
 
 
@@ -625,7 +794,7 @@ def cmd_doctor(args) -> int:
         print(f"measured CPU memory bandwidth: {gbs:.1f} GB/s (kept in {where})", file=sys.stderr)
     probe = hardware.default_probe()
     machine = hardware.detect(probe)
-    data = doctor.report(machine, probe.cuda_toolkit() if machine.gpus else None)
+    data = doctor.report(machine, doctor.cuda_toolkit(probe, machine))
     print(json.dumps(data, indent=2) if args.json else report.doctor(data, machine))
     return 0
 

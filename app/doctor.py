@@ -76,6 +76,11 @@ def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus, build: engi
     return out
 
 
+def cuda_toolkit(probe, machine: Machine) -> str | None:
+    """The CUDA toolkit's version, asked only where there is an NVIDIA GPU to build for."""
+    return probe.cuda_toolkit() if machine.gpus else None
+
+
 def report(machine: Machine, cuda_toolkit: str | None = None) -> dict:
     llama, mlx = llama_status(), mlx_status(machine)
     build = wanted_build(machine, cuda_toolkit)

@@ -84,7 +84,9 @@ def ranking(name: str, shape, r) -> str:
     if any(o.ceiling_tps is None for o in r.options):
         lines.append("ceiling: memory bandwidth unknown here; run `roost doctor --measure` once to measure it.")
     else:
-        lines.append("ceiling: bandwidth ÷ bytes read per token, at an empty context; real decoding reaches 50–90% of it.")
+        lines.append("ceiling: bandwidth ÷ bytes read per token, at an empty context. Decoding reaches part of it "
+                     "(roost bench measures how much: 31% for an 8B Q4_0 on an H100, 41% on a small CPU), and less "
+                     "for small models on big GPUs, where the fixed cost of each token rules.")
     return "\n".join(lines)
 
 
@@ -167,4 +169,134 @@ def bench_history(records: list[dict]) -> str:
         rows.append([time.strftime("%Y-%m-%d %H:%M", time.localtime(r["when"])), r["model"], r["engine"], r["device"],
                      f"pp{round(r['pp']['tokens'])} {_rate(r['pp'])}", f"tg{round(r['tg']['tokens'])} {_rate(r['tg'])}",
                      eff, f"{r['ttft_s']['mean']:.3f}"])
+    return table(rows, right={4, 5, 6, 7})
+
+
+# -- roost eval ------------------------------------------------------------------------------
+
+WIDTH = 80
+
+
+def _short(text: str, width: int) -> str:
+    """Text cut to width from the left: a path's end says most about it."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def labels(models: list[str]) -> list[str]:
+    """How models named on the command line are shown: a file by its name (which says
+    the quant), unless two share it."""
+    import os
+
+    names = [m if m.startswith(("http://", "https://")) or os.sep not in m else os.path.basename(os.path.normpath(m))
+             for m in models]
+    return [n if names.count(n) == 1 else m for n, m in zip(names, models)]
+
+
+def _accuracy(correct: int, n: int, interval) -> str:
+    lo, hi = interval
+    return f"{correct / n:.0%} ({lo:.0%}–{hi:.0%})" if n else "n/a"
+
+
+def evaluation(results, changes, set_name: str) -> str:
+    """The models side by side, then what changed from the first one."""
+    import textwrap
+
+    n = len(results[0].answers)
+    rows = [["model", "engine", "right", "accuracy (95% CI)", "tok/s", "memory"]]
+    for r in results:
+        rows.append([_short(r.model, 22), f"{r.engine} {r.device}", f"{r.correct}/{n}",
+                     _accuracy(r.correct, n, r.interval), f"{r.tps:,.1f}", size(r.device_bytes or r.peak_rss_bytes)])
+    lines = [f"{set_name} set, {n} items, greedy", table(rows, right={2, 4, 5})]
+    for c in changes:
+        parts = [f"{len(c.now_right)} now right" + (f" ({', '.join(c.now_right)})" if c.now_right else ""),
+                 f"{len(c.now_wrong)} now wrong" + (f" ({', '.join(c.now_wrong)})" if c.now_wrong else ""),
+                 f"{c.outputs_differ} of {n} answers differ"]
+        lines += textwrap.wrap(f"{c.model} vs {results[0].model}: " + "; ".join(parts), WIDTH,
+                               subsequent_indent="  ", break_on_hyphens=False)
+    lines.append("memory: the most held after any item (GPU memory where the model runs on one)")
+    return "\n".join(lines)
+
+
+def answers(result, items) -> str:
+    """Every item's verdict and the first line of the answer, one line each."""
+    by_id = {i.id: i for i in items}
+    width = max(len(a.id) for a in result.answers)
+    lines = [f"{result.model}:"]
+    for a in result.answers:
+        said = " ".join(a.output.split()) or "(nothing)"
+        head = f"  {'✓' if a.correct else '✗'} {a.id.ljust(width)}  "
+        if not a.correct:
+            head += f"[wanted {by_id[a.id].wanted()}] "
+        room = max(10, WIDTH - len(head))
+        lines.append(head + (said if len(said) <= room else said[: room - 1] + "…"))
+    return "\n".join(lines)
+
+
+def drift(model: str, d, diff) -> str:
+    """A golden-output drift warning: what was recorded, and each changed answer's diff."""
+    import time
+
+    was = d.recorded
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(was["when"])) if was.get("when") else "?"
+    lines = [f"roost: warning: {model} drifted from its golden outputs "
+             f"({len(d.changed)} answers changed; recorded {when} with {was.get('engine')} {was.get('version')} "
+             f"on {was.get('device')})"]
+    for item_id, old, new in d.changed:
+        lines.append(f"  {item_id}:")
+        lines += [f"    {line[:1]} {line[1:]}" for line in diff(old, new)]
+    if d.missing:
+        lines.append(f"  not run now: {', '.join(d.missing)}")
+    if d.new:
+        lines.append(f"  not in the golden outputs: {', '.join(d.new)}")
+    if d.reworded:
+        lines.append(f"  prompt changed since, not compared: {', '.join(d.reworded)} (--golden-update stores anew)")
+    return "\n".join(lines)
+
+
+def perplexity(results) -> str:
+    import textwrap
+
+    ref = results[0]
+    head = f"perplexity on {ref.text}: {ref.chunks} chunk(s), {ref.tokens:,} tokens scored" + (
+        f"; KL divergence and top-1 agreement against {ref.model}" if len(results) > 1 else "")
+    lines = textwrap.wrap(head, WIDTH, break_on_hyphens=False)
+    rows = [["model", "PPL", "Δ PPL", "KL mean", "KL 99%", "top-1", "tok/s"]]
+    for i, r in enumerate(results):
+        compared = r.kl_mean is not None
+        rows.append([
+            _short(r.model, 18), f"{r.ppl:.2f}±{r.ppl_err:.2f}",
+            "ref" if i == 0 else f"{r.ppl / ref.ppl - 1:+.2%}",
+            f"{r.kl_mean:.4f}±{r.kl_err:.4f}" if compared else "—",
+            f"{r.kl_p99:.4f}" if compared else "—",
+            f"{r.top1:.1%}" if compared else "—",
+            f"{r.tps:,.0f}",
+        ])
+    lines.append(table(rows, right={1, 2, 3, 4, 5, 6}))
+    lines += [f"not compared: {r.model}: {r.why}" for r in results if r.why]
+    if any(r.tokens != ref.tokens for r in results):
+        lines.append("note: the models read the text as different tokens: their perplexities are per their own tokens")
+    return "\n".join(lines)
+
+
+def eval_history(records: list[dict]) -> str:
+    import time
+
+    rows = [["when", "model", "engine", "set", "right", "accuracy (95% CI)", "tok/s"]]
+    for r in records:
+        rows.append([time.strftime("%Y-%m-%d %H:%M", time.localtime(r["when"])), _short(r["model"], 24),
+                     f"{r['engine']} {r['device']}", _short(r["set"], 16), f"{r['correct']}/{r['items']}",
+                     _accuracy(r["correct"], r["items"], r["interval"]), f"{r['tps']:,.1f}"])
+    return table(rows, right={4, 6})
+
+
+def perplexity_history(records: list[dict]) -> str:
+    import time
+
+    rows = [["when", "model", "engine", "text", "tokens", "PPL", "KL mean", "top-1"]]
+    for r in records:
+        rows.append([time.strftime("%Y-%m-%d %H:%M", time.localtime(r["when"])), _short(r["model"], 24),
+                     f"{r['engine']} {r['device']}", _short(r["text"], 16), f"{r['tokens']:,}",
+                     f"{r['ppl']:.2f}±{r['ppl_err']:.2f}",
+                     "—" if r["kl_mean"] is None else f"{r['kl_mean']:.4f}",
+                     "—" if r["top1"] is None else f"{r['top1']:.1%}"])
     return table(rows, right={4, 5, 6, 7})

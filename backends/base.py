@@ -197,3 +197,16 @@ class Engine(Protocol):
     def info(self) -> EngineInfo: ...
 
     def close(self) -> None: ...
+
+
+class Scorer(Engine, Protocol):
+    """What perplexity needs, from the engines that can give it: local ones (a server
+    sends at most a few log-probabilities per token, not whole distributions)."""
+
+    def tokenize(self, text: str) -> list[int]:
+        """Text as the model reads it, BOS first where the model wants one."""
+        ...
+
+    def logits(self, tokens: Sequence[int]):
+        """A numpy array: one row of raw next-token logits per position of tokens."""
+        ...

@@ -13,9 +13,10 @@ import codecs
 import ctypes
 import re
 from collections import deque
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import llama_cpp
+import numpy as np
 
 from roost import gguf_info, hardware, memory
 from roost.backends.base import (
@@ -215,6 +216,25 @@ class LlamaCppEngine(TokenLoop):
             return shared
         llm.reset()  # recurrent models cannot drop a suffix of their state
         return 0
+
+    # -- scoring --------------------------------------------------------------
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Raw next-token logits at every position of tokens, evaluated from an empty
+        cache (what the chat held is given up): for perplexity and comparing quants."""
+        llm = self._llm
+        check_fits(list(tokens), self._n_ctx + 1, self._n_ctx_train)  # all n_ctx positions may be used
+        llm._ctx.kv_cache_clear()
+        llm.n_tokens = 0
+        n_vocab = llm.n_vocab()
+        out = np.empty((len(tokens), n_vocab), dtype=np.float32)
+        for i in range(0, len(tokens), self.plan.n_batch):
+            part = list(tokens[i : i + self.plan.n_batch])
+            llm._batch.set_batch(part, n_past=i, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            out[i : i + len(part)] = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(part), n_vocab))
+        llm._ctx.kv_cache_clear()
+        return out
 
     # -- readings -------------------------------------------------------------
 

@@ -13,9 +13,10 @@ import json
 import os
 import sys
 import time
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm import stream_generate
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
@@ -154,6 +155,17 @@ class MlxEngine(TokenLoop):
                 self._cache, shared = make_prompt_cache(self._model), 0
         self._held = self._held[:shared]
         return shared
+
+    # -- scoring --------------------------------------------------------------
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Raw next-token logits at every position of tokens, in a cache of their own."""
+        cache = make_prompt_cache(self._model)
+        rows = []
+        for i in range(0, len(tokens), self.plan.n_batch):
+            out = self._model(mx.array(list(tokens[i : i + self.plan.n_batch]))[None], cache=cache)
+            rows.append(np.array(out[0].astype(mx.float32)))
+        return np.concatenate(rows)
 
     # -- readings -------------------------------------------------------------
 

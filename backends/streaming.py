@@ -50,6 +50,10 @@ class TokenLoop:
     def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
         return self._generate(lambda: self._prompt.text_tokens(prompt), params, cancel)
 
+    def tokenize(self, text: str) -> list[int]:
+        """Text as the model reads it, BOS first where the model wants one."""
+        return self._prompt.text_tokens(text)
+
     def _generate(self, tokenize: Callable[[], list[int]], params: Params, cancel: Cancel | None) -> Iterator[Event]:
         raise NotImplementedError
 

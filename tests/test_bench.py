@@ -43,7 +43,7 @@ def test_history_keeps_each_result(data):
     text = roost("bench", "demo", "-p", "32", "-n", "8", "-r", "1", env=data, timeout=300)
     assert text.returncode == 0 and "pp" in text.stdout and "tg8" in text.stdout and "kept in" in text.stderr
     # A line torn by a crash is skipped, not fatal.
-    with open(os.path.join(data["ROOST_DATA_DIR"], "bench.jsonl"), "a") as f:
+    with open(os.path.join(data["ROOST_DATA_DIR"], "results.jsonl"), "a") as f:
         f.write('{"model": "torn')
     history = json.loads(roost("bench", "--history", "--json", env=data).stdout)
     assert [h["tg"]["tokens"] for h in history] == [12, 8] and history[0]["when"] == first["when"]
@@ -79,4 +79,4 @@ def test_ctrl_c_stops_a_bench_and_keeps_nothing(data):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err and err.strip().splitlines()[-1] == "roost: interrupted"
-    assert not os.path.exists(os.path.join(data["ROOST_DATA_DIR"], "bench.jsonl"))
+    assert not os.path.exists(os.path.join(data["ROOST_DATA_DIR"], "results.jsonl"))

@@ -147,3 +147,29 @@ def test_check_passes_for_the_build_installed_here_and_fails_in_one_line_for_a_m
     assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1
     assert "built without CUDA" in wrong.stderr and 'CMAKE_ARGS="-DGGML_CUDA=on"' in wrong.stderr
+
+
+def test_a_wheel_carries_everything_roost_reads(tmp_path):
+    """What `uv tool install .`, pipx and Homebrew install: a wheel, not this checkout. It
+    must hold the chat app, its styles, the catalog and the built-in eval set."""
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "-q", "-w", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    wheel = next(tmp_path.glob("roost-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("roost/cli.py", "roost/backends/base.py", "roost/tui/app.py", "roost/tui/screens/chat.py",
+                   "roost/tui/widgets/status.py", "roost/tui/roost.tcss", "roost/catalog_file/models.toml",
+                   "roost/data/eval-basic.jsonl"):
+        assert needed in names, needed
+    # Installed on its own, away from the checkout, it finds its catalog and eval set inside itself.
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    probe = ("import roost.catalog as c, roost.eval_set as e; "
+             "print(c.CATALOG.relative_to(c._HERE), len(c.models()), len(e.load()[1]))")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(target)}, timeout=60)
+    assert found.returncode == 0, found.stderr
+    where, models, items = found.stdout.split()
+    assert where == "catalog_file/models.toml" and int(models) > 5 and int(items) > 40

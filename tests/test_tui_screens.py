@@ -41,9 +41,10 @@ def test_start_screen_shows_machine_engines_and_advice(monkeypatch, picked):
     monkeypatch.setenv("ROOST_MACHINE", path)
     with open(path) as f:
         gpu = json.load(f)["nvidia"][0]["name"]
-    machine = hardware.detect()
+    probe = hardware.default_probe()
+    machine = hardware.detect(probe)
     llama, mlx = doctor.llama_status(), doctor.mlx_status(machine)
-    advice = doctor.advice(machine, llama, mlx)
+    advice = doctor.advice(machine, llama, mlx, doctor.wanted_build(machine, doctor.cuda_toolkit(probe, machine)))
     app = RoostApp()
 
     async def scenario(pilot):

@@ -41,9 +41,11 @@ class RoostApp(App):
         from roost.tui.screens.start import StartScreen
 
         # Shown: every device, a GPU this llama.cpp build cannot use too (with the fix).
-        machine = hardware.detect()
+        probe = hardware.default_probe()
+        machine = hardware.detect(probe)
         engines = [doctor.llama_status(), doctor.mlx_status(machine)]
-        self.push_screen(StartScreen(machine, engines, doctor.advice(machine, *engines)))
+        build = doctor.wanted_build(machine, doctor.cuda_toolkit(probe, machine))
+        self.push_screen(StartScreen(machine, engines, doctor.advice(machine, *engines, build)))
 
     @property
     def here(self):

@@ -459,7 +459,13 @@ def cmd_eval(args) -> int:
     if not args.models:
         raise UsageError("give one or more models: roost eval MODEL [MODEL ...] (or --history)")
     if args.ppl:
+        set_only = [flag for flag, given in (("--set", args.set), ("--limit", args.limit), ("--answers", args.answers),
+                                             ("--golden", args.golden or args.golden_update)) if given]
+        if set_only:
+            raise UsageError(f"{set_only[0]} goes with an eval set, not with --ppl")
         return _eval_perplexity(args)
+    if args.chunks:
+        raise UsageError("--chunks goes with --ppl")
     return _eval_set(args)
 
 
@@ -495,6 +501,8 @@ def _progress(args, text: str) -> None:
 
 
 def _eval_set(args) -> int:
+    from dataclasses import asdict
+
     from roost import eval_set, evaluate, golden, report, results
     from roost.backends.base import Cancel
 
@@ -517,7 +525,7 @@ def _eval_set(args) -> int:
         print(json.dumps({"set": set_name, "items": len(items),
                           "models": [dict(r.as_dict(), **({"golden": g} if checks else {}))
                                      for r, g in zip(runs, checks or [None] * len(runs))],
-                          "changes": [c.__dict__ for c in changes]}, indent=2, ensure_ascii=False))
+                          "changes": [asdict(c) for c in changes]}, indent=2, ensure_ascii=False))
         return 0
     if args.answers:
         for run in runs:

@@ -146,6 +146,8 @@ def test_eval_mistakes_get_one_line(tmp_path, demo_gguf):
     one_line(roost("eval"), "give one or more models")
     one_line(roost("eval", "--ppl", str(tmp_path / "none.txt"), "demo"), "no text file at")
     one_line(roost("eval", "--ppl", TEXT, "http://127.0.0.1:9"), "a server does not send")
+    one_line(roost("eval", "--ppl", TEXT, "demo", "--golden"), "--golden goes with an eval set, not with --ppl")
+    one_line(roost("eval", "demo", "--chunks", "2"), "--chunks goes with --ppl")
     short = tmp_path / "short.txt"
     short.write_text("Hello there.")
     one_line(roost("eval", "--ppl", str(short), "demo"), "too short to score")

@@ -517,14 +517,15 @@ def _eval_set(args) -> int:
             runs.append(run)
             if args.golden or args.golden_update:
                 model_id = golden.identity(path) if path else f"{engine.url} {engine.model}"
-                checks.append(_golden(args, golden, report, model_id, run, items, engine.info()))
+                checks.append(_golden(args, model_id, run, items, engine.info()))
     changes = [evaluate.changes(runs[0], r) for r in runs[1:]]
     for run in runs:
         results.remember("eval", run.as_dict(answers=False))
     if args.json:
-        print(json.dumps({"set": set_name, "items": len(items),
-                          "models": [dict(r.as_dict(), **({"golden": g} if checks else {}))
-                                     for r, g in zip(runs, checks or [None] * len(runs))],
+        models = [r.as_dict() for r in runs]
+        for model, check in zip(models, checks):
+            model["golden"] = check
+        print(json.dumps({"set": set_name, "items": len(items), "models": models,
                           "changes": [asdict(c) for c in changes]}, indent=2, ensure_ascii=False))
         return 0
     if args.answers:
@@ -534,8 +535,10 @@ def _eval_set(args) -> int:
     return 0
 
 
-def _golden(args, golden, report, model_id: str, run, items, info) -> dict:
+def _golden(args, model_id: str, run, items, info) -> dict:
     """Store the answers as golden, or compare them with those stored; drift is a warning."""
+    from roost import golden, report
+
     old = None if args.golden_update else golden.stored(model_id, run)
     if old is None:
         where = golden.record(model_id, run, items, info)

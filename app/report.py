@@ -160,13 +160,17 @@ def bench(result) -> str:
     return "\n".join(lines)
 
 
-def bench_history(records: list[dict]) -> str:
+def _when(seconds: float) -> str:
     import time
 
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
+
+
+def bench_history(records: list[dict]) -> str:
     rows = [["when", "model", "engine", "device", "pp t/s", "tg t/s", "of ceiling", "TTFT s"]]
     for r in records:
         eff = f"{r['efficiency']:.0%}" if r.get("efficiency") else "n/a"
-        rows.append([time.strftime("%Y-%m-%d %H:%M", time.localtime(r["when"])), r["model"], r["engine"], r["device"],
+        rows.append([_when(r["when"]), r["model"], r["engine"], r["device"],
                      f"pp{round(r['pp']['tokens'])} {_rate(r['pp'])}", f"tg{round(r['tg']['tokens'])} {_rate(r['tg'])}",
                      eff, f"{r['ttft_s']['mean']:.3f}"])
     return table(rows, right={4, 5, 6, 7})
@@ -234,10 +238,8 @@ def answers(result, items) -> str:
 
 def drift(model: str, d, diff) -> str:
     """A golden-output drift warning: what was recorded, and each changed answer's diff."""
-    import time
-
     was = d.recorded
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(was["when"])) if was.get("when") else "?"
+    when = _when(was["when"]) if was.get("when") else "?"
     lines = [f"roost: warning: {model} drifted from its golden outputs "
              f"({len(d.changed)} answers changed; recorded {when} with {was.get('engine')} {was.get('version')} "
              f"on {was.get('device')})"]
@@ -279,22 +281,18 @@ def perplexity(results) -> str:
 
 
 def eval_history(records: list[dict]) -> str:
-    import time
-
     rows = [["when", "model", "engine", "set", "right", "accuracy (95% CI)", "tok/s"]]
     for r in records:
-        rows.append([time.strftime("%Y-%m-%d %H:%M", time.localtime(r["when"])), _short(r["model"], 24),
+        rows.append([_when(r["when"]), _short(r["model"], 24),
                      f"{r['engine']} {r['device']}", _short(r["set"], 16), f"{r['correct']}/{r['items']}",
                      _accuracy(r["correct"], r["items"], r["interval"]), f"{r['tps']:,.1f}"])
     return table(rows, right={4, 6})
 
 
 def perplexity_history(records: list[dict]) -> str:
-    import time
-
     rows = [["when", "model", "engine", "text", "tokens", "PPL", "KL mean", "top-1"]]
     for r in records:
-        rows.append([time.strftime("%Y-%m-%d %H:%M", time.localtime(r["when"])), _short(r["model"], 24),
+        rows.append([_when(r["when"]), _short(r["model"], 24),
                      f"{r['engine']} {r['device']}", _short(r["text"], 16), f"{r['tokens']:,}",
                      f"{r['ppl']:.2f}±{r['ppl_err']:.2f}",
                      "—" if r["kl_mean"] is None else f"{r['kl_mean']:.4f}",

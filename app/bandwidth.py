@@ -46,8 +46,9 @@ def measure(threads: int, mib_per_thread: int = 128, rounds: int = 5) -> float:
 
 
 def save_measured(gbs: float) -> str:
+    from roost.results import write_json
+
     path = _store()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     data = {}
     if os.path.exists(path):
         try:
@@ -56,10 +57,7 @@ def save_measured(gbs: float) -> str:
         except (OSError, json.JSONDecodeError):
             data = {}
     data[_cpu_key()] = round(gbs, 2)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, data)
     return path
 
 

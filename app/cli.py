@@ -803,9 +803,8 @@ def cmd_doctor(args) -> int:
         gbs = bandwidth.measure(hardware.default_threads())
         where = bandwidth.save_measured(gbs)
         print(f"measured CPU memory bandwidth: {gbs:.1f} GB/s (kept in {where})", file=sys.stderr)
-    probe = hardware.default_probe()
-    machine = hardware.detect(probe)
-    data = doctor.report(machine, doctor.cuda_toolkit(probe, machine))
+    machine, cuda_toolkit = doctor.here()
+    data = doctor.report(machine, cuda_toolkit)
     print(json.dumps(data, indent=2) if args.json else report.doctor(data, machine))
     return 0
 

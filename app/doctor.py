@@ -76,17 +76,28 @@ def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus, build: engi
     return out
 
 
-def cuda_toolkit(probe, machine: Machine) -> str | None:
-    """The CUDA toolkit's version, asked only where there is an NVIDIA GPU to build for."""
-    return probe.cuda_toolkit() if machine.gpus else None
+def here() -> tuple[Machine, str | None]:
+    """This machine, and its CUDA toolkit's version where it has an NVIDIA GPU to build for."""
+    from roost import hardware
+
+    probe = hardware.default_probe()
+    machine = hardware.detect(probe)
+    return machine, probe.cuda_toolkit() if machine.gpus else None
+
+
+def findings(machine: Machine, cuda_toolkit: str | None = None):
+    """(llama.cpp's status, MLX's, the build this machine wants, advice): what `roost
+    doctor` and the chat app's start screen both show."""
+    llama, mlx = llama_status(), mlx_status(machine)
+    build = wanted_build(machine, cuda_toolkit)
+    return llama, mlx, build, advice(machine, llama, mlx, build)
 
 
 def report(machine: Machine, cuda_toolkit: str | None = None) -> dict:
-    llama, mlx = llama_status(), mlx_status(machine)
-    build = wanted_build(machine, cuda_toolkit)
+    llama, mlx, build, said = findings(machine, cuda_toolkit)
     return {
         "machine": machine.as_dict(),
         "engines": [asdict(llama), asdict(mlx)],
         "build": {"wanted": build.name, "why": build.why, "cmake_args": build.cmake_args},
-        "advice": advice(machine, llama, mlx, build),
+        "advice": said,
     }

@@ -53,15 +53,14 @@ def file_for(model_id: str, result: ModelResult) -> str:
 
 def record(model_id: str, result: ModelResult, items, info) -> str:
     """Store these answers as the golden ones; returns the file."""
+    from roost.results import write_json
+
     path = file_for(model_id, result)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     data = {"model": model_id, "engine": result.engine, "version": info.version, "device": result.device,
             "build": info.build, "set": result.set, "when": time.time(),
             "outputs": {a.id: a.output for a in result.answers},
             "prompts": {i.id: _prompt(i) for i in items}}
-    with open(path + ".part", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
-    os.replace(path + ".part", path)
+    write_json(path, data)
     return path
 
 

@@ -111,7 +111,7 @@ class Reference:
             raise UsageError(f"the reference's token distributions need {need / 2**30:.1f} GiB in {folder} and "
                              f"{free / 2**30:.1f} GiB is free: score fewer chunks (--chunks) or set TMPDIR")
         self._file = tempfile.TemporaryFile(prefix="roost-kl-")
-        self.logprobs = np.memmap(self._file, dtype=np.float16, mode="w+", shape=(max(rows, 1), n_vocab))
+        self.logprobs = np.memmap(self._file, dtype=np.float16, mode="w+", shape=(rows, n_vocab))
         self.top = np.empty(rows, dtype=np.int64)
 
     def close(self) -> None:

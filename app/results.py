@@ -14,6 +14,14 @@ def path() -> str:
     return os.path.join(data_dir(), "results.jsonl")
 
 
+def write_json(path: str, data) -> None:
+    """Replace a JSON file whole: a crash mid-write leaves the old one, never half of each."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, ensure_ascii=False)
+    os.replace(path + ".tmp", path)
+
+
 def remember(kind: str, record: dict) -> str:
     """Append one result; returns the file it is kept in."""
     where = path()

@@ -48,7 +48,7 @@ class TokenLoop:
         return self._generate(lambda: self._prompt.tokens(messages), params, cancel)
 
     def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
-        return self._generate(lambda: self._prompt.text_tokens(prompt), params, cancel)
+        return self._generate(lambda: self.tokenize(prompt), params, cancel)
 
     def tokenize(self, text: str) -> list[int]:
         """Text as the model reads it, BOS first where the model wants one."""

@@ -9,7 +9,7 @@ import pytest
 from textual.app import App
 from textual.widgets import Label, OptionList
 
-from roost import doctor, hardware
+from roost import doctor
 from roost.backends.base import Params
 from roost.tui.app import RoostApp
 from roost.tui.screens.settings import FIELDS, SettingsScreen, parse
@@ -41,10 +41,8 @@ def test_start_screen_shows_machine_engines_and_advice(monkeypatch, picked):
     monkeypatch.setenv("ROOST_MACHINE", path)
     with open(path) as f:
         gpu = json.load(f)["nvidia"][0]["name"]
-    probe = hardware.default_probe()
-    machine = hardware.detect(probe)
-    llama, mlx = doctor.llama_status(), doctor.mlx_status(machine)
-    advice = doctor.advice(machine, llama, mlx, doctor.wanted_build(machine, doctor.cuda_toolkit(probe, machine)))
+    machine, cuda_toolkit = doctor.here()
+    llama, mlx, _, advice = doctor.findings(machine, cuda_toolkit)
     app = RoostApp()
 
     async def scenario(pilot):

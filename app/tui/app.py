@@ -37,15 +37,13 @@ class RoostApp(App):
         if self.load_engine is not None:
             self.push_screen(ChatScreen(self.load_engine, self.params, self.system, self.model_name))
             return
-        from roost import doctor, hardware
+        from roost import doctor
         from roost.tui.screens.start import StartScreen
 
         # Shown: every device, a GPU this llama.cpp build cannot use too (with the fix).
-        probe = hardware.default_probe()
-        machine = hardware.detect(probe)
-        engines = [doctor.llama_status(), doctor.mlx_status(machine)]
-        build = doctor.wanted_build(machine, doctor.cuda_toolkit(probe, machine))
-        self.push_screen(StartScreen(machine, engines, doctor.advice(machine, *engines, build)))
+        machine, cuda_toolkit = doctor.here()
+        llama, mlx, _, advice = doctor.findings(machine, cuda_toolkit)
+        self.push_screen(StartScreen(machine, [llama, mlx], advice))
 
     @property
     def here(self):

@@ -51,6 +51,7 @@ def wanted_build(machine: Machine, cuda_toolkit: str | None) -> engine_build.Bui
         arch=machine.arch,
         gpus=tuple((g.name, g.compute_capability) for g in machine.gpus),
         nvcc=cuda_toolkit,
+        rosetta=machine.rosetta,
     )
     return engine_build.choose(facts)
 
@@ -68,7 +69,7 @@ def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus, build: engi
         elif idle:
             out.extend(f"{idle} is idle: {w}" for w in build.warnings)
     if machine.apple and not mlx.available:
-        out.append("MLX, the faster engine on Apple Silicon, is not installed: pip install 'roost[mlx]'")
+        out.append(f"MLX, the faster engine on Apple Silicon, cannot run: {mlx.detail}")
     if not llama.available:
         out.append(llama.detail)
     if machine.cpu_bandwidth_gbs is None and not machine.gpus and machine.apple is None:

@@ -32,8 +32,13 @@ MIN_TOOLKIT = {(12, 0): (12, 8), (10, 0): (12, 8), (9, 0): (11, 8), (8, 9): (11,
 # CUDA 13 dropped the GPUs before Turing.
 MAX_TOOLKIT_FOR_OLD = {(7, 0): (12, 9), (6, 1): (12, 9), (6, 0): (12, 9), (5, 2): (12, 9)}
 
-# How llama.cpp names the GPU backend of each build in its system info.
+# The GPU device each build is for, as roost names it.
 DEVICE = {"cuda": "CUDA", "metal": "Metal"}
+# How llama.cpp's system info line names each GPU backend ("CUDA : ARCHS = 890 | … | CPU :
+# AVX2 = 1 | …"). Metal registers as "MTL" since llama.cpp's device-naming change of
+# 2026-01 (#18919), "Metal" before it; HIP builds register as "ROCm".
+BACKEND_NAMES = {"CUDA": ("CUDA",), "Metal": ("MTL", "Metal"), "ROCm": ("ROCm", "HIP"),
+                 "Vulkan": ("Vulkan",), "SYCL": ("SYCL",)}
 
 # sys.platform, as roost's hardware probe names systems, to platform.system()'s names.
 SYSTEMS = {"linux": "Linux", "darwin": "Darwin", "win32": "Windows"}
@@ -67,7 +72,7 @@ class Facts:
             arch=arch,
             gpus=tuple((g["name"], g.get("compute_capability")) for g in nvidia) if isinstance(nvidia, list) else (),
             nvcc=rec.get("cuda_toolkit"),
-            rosetta=bool(rec.get("rosetta")),
+            rosetta=rec.get("sysctl", {}).get("sysctl.proc_translated") == "1",
         )
 
 
@@ -205,6 +210,14 @@ def probe() -> Facts:
     return Facts(system, platform.machine(), gpus, nvcc, nvcc_path, rosetta)
 
 
+def device_of(system_info: str) -> str:
+    """The GPU backend a llama.cpp build has, from its system info line; "CPU" if none."""
+    for device, names in BACKEND_NAMES.items():
+        if any(re.search(rf"\b{name}\b", system_info) for name in names):
+            return device
+    return "CPU"
+
+
 def check(build: Build) -> str | None:
     """After installing: None when the llama-cpp-python that imports here is the build
     `build` asked for, else what went wrong and what to do."""
@@ -214,9 +227,14 @@ def check(build: Build) -> str | None:
         return f"llama-cpp-python does not import: {e}"
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     system = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    return mismatch(build, offload, system, llama_cpp.__version__)
+
+
+def mismatch(build: Build, offload: bool, system_info: str, version: str) -> str | None:
+    """What check() says of a build with these readings."""
     device = DEVICE.get(build.name)
-    if device and not (offload and device in system):
-        return (f"llama-cpp-python {llama_cpp.__version__} was built without {device} "
+    if device and not (offload and device_of(system_info) == device):
+        return (f"llama-cpp-python {version} was built without {device} "
                 f"(GPU offload: {'yes' if offload else 'no'}). The usual cause is a CPU wheel from pip's "
                 f"cache, or a build that could not find the toolkit. Rebuild it: {build.pip_line()}")
     return None
@@ -233,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--check", action="store_true", help="does the installed llama-cpp-python match?")
     args = parser.parse_args(argv)
 
-    if args.machine:
-        with open(args.machine) as f:
+    # ROOST_MACHINE: the recorded machine every roost command takes instead of this one.
+    recording = args.machine or os.environ.get("ROOST_MACHINE")
+    if recording:
+        with open(recording) as f:
             facts = Facts.from_recording(json.load(f))
     else:
         facts = probe()
@@ -255,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"facts": asdict(facts), "build": asdict(build)}, indent=2))
         return 0
     if args.shell:
+        if facts.rosetta and not args.build:
+            # Metal and MLX are lost under Rosetta, and the x86 build runs translated: say
+            # so before minutes of compiling, unless a CPU build is what the user asked for.
+            print(f"roost: this Python runs under Rosetta (x86_64): {build.warnings[0]} "
+                  "(or ROOST_BUILD=cpu for a translated CPU build)", file=sys.stderr)
+            return 1
         print(f"ROOST_BUILD={build.name} CMAKE_ARGS={shlex.quote(build.cmake_args)} "
               f"ROOST_EXTRAS={shlex.quote(','.join(build.extras))}")
         for w in build.warnings:

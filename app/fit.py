@@ -255,12 +255,16 @@ def budget(machine: Machine, use_gpu: bool = True) -> Budget:
     host = max(machine.ram_available_bytes - ram_margin, 0)
     cpu_name = f"{machine.cpu_model} ({machine.physical_cores} cores)"
     if use_gpu and machine.apple is not None:
+        # Metal's working set already leaves macOS and other apps a quarter to a third of
+        # memory: it is the budget as it stands, the one mlx-lm wires for itself. Only
+        # what is free now, less a small margin for other apps to grow, can lower it.
         a = machine.apple
-        pool = max(min(a.working_set_bytes, machine.ram_available_bytes) - ram_margin, 0)
+        unified_margin = max(int(0.05 * machine.ram_total_bytes), 1 * GiB)
+        pool = max(min(a.working_set_bytes, machine.ram_available_bytes - unified_margin), 0)
         return Budget(
             "Metal", a.chip, pool, pool, a.bandwidth_gbs, a.bandwidth_gbs, True,
-            f"{_gib(ram_margin)} of memory kept free for other apps; "
-            f"Metal may use {_gib(a.working_set_bytes)} ({a.working_set_source}), {_gib(machine.ram_available_bytes)} is free now",
+            f"Metal may use {_gib(a.working_set_bytes)} ({a.working_set_source}); "
+            f"{_gib(machine.ram_available_bytes)} is free now, of which {_gib(unified_margin)} is kept for other apps",
         )
     if use_gpu and machine.gpus:
         gpu = max(machine.gpus, key=lambda g: g.free_bytes)

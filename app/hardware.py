@@ -21,14 +21,12 @@ GiB = 1024**3
 # Apple's chip press releases; nvidia.com product pages and datasheets). Decode speed is
 # bounded by it. A name matches the longest key it contains.
 BANDWIDTH_GBS = {
-    # Apple Silicon (unified memory)
+    # Apple Silicon (unified memory). Where one name has two memory buses, see APPLE_BY_CORES.
     "Apple M1": 68.25, "Apple M1 Pro": 200, "Apple M1 Max": 400, "Apple M1 Ultra": 800,
     "Apple M2": 100, "Apple M2 Pro": 200, "Apple M2 Max": 400, "Apple M2 Ultra": 800,
-    "Apple M3": 100, "Apple M3 Pro": 150,
-    "Apple M3 Max": 300,  # 300 with the 30-core GPU, 400 with the 40-core: the lower bound
-    "Apple M3 Ultra": 819,
-    "Apple M4": 120, "Apple M4 Pro": 273,
-    "Apple M4 Max": 410,  # 410 (32-core GPU) or 546 (40-core): the lower bound
+    "Apple M3": 100, "Apple M3 Pro": 150, "Apple M3 Max": 300, "Apple M3 Ultra": 819,
+    "Apple M4": 120, "Apple M4 Pro": 273, "Apple M4 Max": 410,
+    "Apple M5": 153, "Apple M5 Pro": 307, "Apple M5 Max": 614,
     # NVIDIA GeForce
     "RTX 3060": 360, "RTX 3060 Ti": 448, "RTX 3070": 448, "RTX 3070 Ti": 608,
     "RTX 3080": 760, "RTX 3080 Ti": 912, "RTX 3090": 936, "RTX 3090 Ti": 1008,
@@ -43,17 +41,37 @@ BANDWIDTH_GBS = {
     "H200": 4800, "GH200": 4000,
 }
 
-# macOS lets Metal keep about this share of unified memory resident when MLX cannot be
-# asked (recommendedMaxWorkingSetSize as reported on Apple Silicon Macs: two thirds of
-# RAM up to 36 GB, three quarters above).
-def metal_share(total_bytes: int) -> float:
-    return 0.75 if total_bytes > 36 * GiB else 2 / 3
+# The M3 Max and M4 Max come with a narrower memory bus in their binned version, which
+# is the one with fewer CPU cores (hw.physicalcpu): M3 Max 14-core 300 GB/s, 16-core 400;
+# M4 Max 14-core 410, 16-core 546 (apple.com/macbook-pro/specs of each generation).
+APPLE_BY_CORES = {"Apple M3 Max": {14: 300, 16: 400}, "Apple M4 Max": {14: 410, 16: 546}}
 
 
-def bandwidth_for(name: str) -> float | None:
+def metal_share(total_bytes: int, macos: str | None = None) -> float:
+    """The share of unified memory Metal lets a process keep resident
+    (recommendedMaxWorkingSetSize), for when MLX cannot be asked. Reported by Macs: two
+    thirds up to 32 GB (16 GB: 10.67 GiB), three quarters from 36 GB (36 GB M4 Max: 27
+    GiB; 64 GB: 48 GiB); macOS 26 raised it to 84 % on a 128 GB Mac (107.5 GiB, read on
+    an M4 Max and an M5 Max), the one size it has been read at."""
+    if macos and _major(macos) >= 26 and total_bytes >= 128 * GiB:
+        return 0.84
+    return 0.75 if total_bytes > 32 * GiB else 2 / 3
+
+
+def _major(version: str) -> int:
+    head = version.split(".")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def bandwidth_for(name: str, cores: int | None = None) -> float | None:
     hits = [key for key in BANDWIDTH_GBS if key.lower() in name.lower()]
+    if not hits:
+        return None
     # "Apple M1" must not claim an "Apple M1 Max": the longest match is the right one.
-    return BANDWIDTH_GBS[max(hits, key=len)] if hits else None
+    key = max(hits, key=len)
+    by_cores = APPLE_BY_CORES.get(key, {})
+    # Without a core count, the narrower bus: a ceiling must not promise too much.
+    return by_cores.get(cores, BANDWIDTH_GBS[key]) if cores else BANDWIDTH_GBS[key]
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,7 @@ class AppleSilicon:
     working_set_bytes: int  # what Metal may keep resident
     working_set_source: str  # "mlx", "wired limit sysctl", or "estimate"
     bandwidth_gbs: float | None
+    performance_cores: int | None = None  # hw.perflevel0.physicalcpu: llama.cpp's thread count
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,7 @@ class Machine:
     apple: AppleSilicon | None = None
     cpu_bandwidth_gbs: float | None = None  # measured by `roost doctor --measure`
     notes: tuple[str, ...] = field(default=())  # what could not be read, and why
+    rosetta: bool = False  # this Python is x86_64, translated on Apple Silicon (arch is the Mac's)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -269,21 +289,43 @@ class FreeMemory:
 
 
 def free_memory(probe: Probe | None = None, gpus: bool = True) -> FreeMemory:
-    """Cheaper than detect(): two questions, fit to ask every second."""
+    """Cheaper than detect(): a few questions, fit to ask every second."""
     probe = probe or default_probe()
-    total, available = probe.ram()
+    os_name, arch, _ = _platform(probe)
+    total, available = _ram(probe, os_name)
     found = probe.nvidia() if gpus else []
-    return FreeMemory(total, available, probe.platform() == ("darwin", "arm64"),
+    return FreeMemory(total, available, (os_name, arch) == ("darwin", "arm64"),
                       tuple((g["free_bytes"], g["total_bytes"]) for g in found) if isinstance(found, list) else ())
+
+
+def _platform(probe: Probe) -> tuple[str, str, bool]:
+    """(system, the machine's architecture, whether this Python runs under Rosetta). An
+    x86_64 Python on Apple Silicon sees an Intel Mac; the kernel knows better."""
+    os_name, arch = probe.platform()
+    rosetta = os_name == "darwin" and probe.sysctl("sysctl.proc_translated") == "1"
+    return os_name, "arm64" if rosetta else arch, rosetta
+
+
+def _ram(probe: Probe, os_name: str) -> tuple[int, int]:
+    """(total, available). On macOS psutil's available is inactive + free pages, which
+    leaves out what the kernel reclaims at once when asked: purgeable pages, file cache
+    and idle apps' memory it compresses (psutil#1277). The kernel's own figure is the
+    "free percentage" that memory_pressure and Activity Monitor show."""
+    total, available = probe.ram()
+    if os_name == "darwin":
+        level = probe.sysctl("kern.memorystatus_level")
+        if level and level.isdigit():
+            available = max(available, total * int(level) // 100)
+    return total, available
 
 
 def detect(probe: Probe | None = None, gpus: bool = True) -> Machine:
     """The machine now. gpus=False skips asking vendor libraries, for callers that
     cannot use a GPU anyway (a CPU-only engine build)."""
     probe = probe or default_probe()
-    os_name, arch = probe.platform()
+    os_name, arch, rosetta = _platform(probe)
     cpu = probe.cpu()
-    total, available = probe.ram()
+    total, available = _ram(probe, os_name)
     notes = []
 
     found: tuple[Gpu, ...] = ()
@@ -304,8 +346,17 @@ def detect(probe: Probe | None = None, gpus: bool = True) -> Machine:
         elif gpus and (metal := probe.metal_working_set()) is not None:
             working_set, source = metal, "mlx"
         else:
-            working_set, source = int(unified * metal_share(unified)), "estimate (MLX not installed)"
-        apple = AppleSilicon(chip, unified, working_set, source, bandwidth_for(chip))
+            share = metal_share(unified, probe.sysctl("kern.osproductversion"))
+            working_set = int(unified * share)
+            source = f"estimate, {share:.0%} of memory (" + (
+                "MLX not installed)" if gpus else "not asked: this engine build cannot use the GPU)")
+        cores = int(probe.sysctl("hw.physicalcpu") or cpu["physical_cores"])
+        performance = probe.sysctl("hw.perflevel0.physicalcpu")
+        apple = AppleSilicon(chip, unified, working_set, source, bandwidth_for(chip, cores),
+                             int(performance) if performance else None)
+        if rosetta:
+            notes.append(f"this Python is x86_64, running under Rosetta: the {chip}'s GPU (Metal and MLX) "
+                         "needs a native arm64 Python (python.org, Homebrew or `uv python install`)")
 
     flags = set(cpu.get("flags", ()))
     features = [f.upper() for f in ("avx", "avx2", "avx512f", "fma", "f16c") if f in flags]
@@ -324,12 +375,19 @@ def detect(probe: Probe | None = None, gpus: bool = True) -> Machine:
         apple=apple,
         cpu_bandwidth_gbs=probe.measured_cpu_bandwidth(),
         notes=tuple(notes),
+        rosetta=rosetta,
     )
 
 
-def default_threads() -> int:
+def default_threads(probe: Probe | None = None) -> int:
     """Generation threads: one per physical core, as llama.cpp's own tools choose.
-    (llama-cpp-python's default, half the logical CPUs, leaves a 2-core box on one.)"""
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    (llama-cpp-python's default, half the logical CPUs, leaves a 2-core box on one.) On
+    Apple Silicon, the performance cores only, as llama.cpp counts them
+    (hw.perflevel0.physicalcpu): a thread on an efficiency core holds back the others
+    at every layer's barrier."""
+    probe = probe or default_probe()
+    if probe.platform()[0] == "darwin":
+        performance = probe.sysctl("hw.perflevel0.physicalcpu")
+        if performance and performance.isdigit():
+            return int(performance)
+    return probe.cpu()["physical_cores"]

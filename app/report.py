@@ -81,7 +81,11 @@ def ranking(name: str, shape, r) -> str:
     rows = [header] + [quant_row(o, shape.n_layer, o is r.pick) for o in r.options]
     lines = [head, "", table(rows, right={1, 2, 4, 5, 6}), ""]
     lines.append(f"pick: {r.pick.quant.name} — {r.reason}." if r.pick else f"pick: none — {r.reason}.")
-    if any(o.ceiling_tps is None for o in r.options):
+    if any(o.ceiling_tps is None for o in r.options) and b.unified:
+        # Unified memory is read at the chip's rate, which a CPU measurement does not give.
+        lines.append(f"ceiling: the {b.device_name}'s memory bandwidth is not in roost's table yet; "
+                     "roost bench measures the real speed.")
+    elif any(o.ceiling_tps is None for o in r.options):
         lines.append("ceiling: memory bandwidth unknown here; run `roost doctor --measure` once to measure it.")
     else:
         lines.append("ceiling: bandwidth ÷ bytes read per token, at an empty context. Decoding reaches part of it "
@@ -101,7 +105,8 @@ def machine(m: Machine) -> list[str]:
         a = m.apple
         lines.append(f"Apple       {a.chip}, {size(a.unified_bytes)} unified; Metal may use "
                      f"{size(a.working_set_bytes)} ({a.working_set_source}); "
-                     f"bandwidth {_gbs(a.bandwidth_gbs)}")
+                     f"bandwidth {_gbs(a.bandwidth_gbs)}"
+                     + (f"; {a.performance_cores} performance cores" if a.performance_cores else ""))
     for g in m.gpus:
         extra = ", ".join(x for x in (
             f"CUDA {g.cuda}" if g.cuda else "", f"driver {g.driver}" if g.driver else "",
@@ -111,8 +116,9 @@ def machine(m: Machine) -> list[str]:
             f"{g.temperature_c} °C" if g.temperature_c is not None else "") if x)
         lines.append(f"GPU {g.index}       {g.name}: {size(g.free_bytes)} free of {size(g.total_bytes)}, "
                      f"bandwidth {_gbs(g.bandwidth_gbs)}" + (f"; {extra}" if extra else ""))
-    lines.append(f"CPU memory  bandwidth {_gbs(m.cpu_bandwidth_gbs)}"
-                 + (" (measured)" if m.cpu_bandwidth_gbs else " (roost doctor --measure)"))
+    if m.apple is None:  # on a Mac the CPU reads the same unified memory, at the rate above
+        lines.append(f"CPU memory  bandwidth {_gbs(m.cpu_bandwidth_gbs)}"
+                     + (" (measured)" if m.cpu_bandwidth_gbs else " (roost doctor --measure)"))
     lines += [f"note        {n}" for n in m.notes]
     return lines
 

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import llama_cpp
 import numpy as np
 
-from roost import gguf_info, hardware, memory
+from roost import engine_build, gguf_info, hardware, memory
 from roost.backends.base import (
     Cancel,
     EngineInfo,
@@ -90,12 +90,7 @@ def build_info() -> tuple[bool, str, str]:
     """(can offload to a GPU, device name, llama.cpp's system info line)."""
     system = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
     offload = bool(llama_cpp.llama_supports_gpu_offload())
-    device = "CPU"
-    for name in ("CUDA", "Metal", "Vulkan", "ROCm", "HIP", "SYCL"):
-        if re.search(rf"\b{name}\b", system):
-            device = name
-            break
-    return offload, device, system
+    return offload, engine_build.device_of(system), system
 
 
 class LlamaCppEngine(TokenLoop):

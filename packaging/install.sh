@@ -13,11 +13,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python=${PYTHON:-python3}
+# roost and mlx-lm need Python 3.11 or newer; macOS's own python3 is 3.9. Take python3 if
+# it will do, else a newer one on PATH (Homebrew's, python.org's), and stop in one line,
+# before minutes of compiling, if there is none.
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+    for candidate in python3 python3.13 python3.12 python3.11 python3.14; do
+        command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+            && { python=$candidate; break; }
+    done
+    python=${python:-python3}
+fi
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    found=$("$python" -c 'import platform; print(platform.python_version())' 2>/dev/null | head -n 1 || true)
+    echo "roost: needs Python 3.11 or newer, and $python is ${found:-not a Python that runs}: install one (python.org, Homebrew's python@3.13, or \`uv python install 3.13\`) and run PYTHON=python3.13 $0" >&2
+    exit 1
+fi
 extras=()
 [ "${1:-}" = --test ] && extras=(test mlx)  # [mlx] on Linux is MLX's CPU build: the MLX engine is tested for real here too
 
-eval "$("$python" app/engine_build.py --shell ${ROOST_BUILD:+--build "$ROOST_BUILD"})"
+# It exits non-zero, having said why in one line, where no build would serve (a Python
+# under Rosetta on Apple Silicon).
+choice=$("$python" app/engine_build.py --shell ${ROOST_BUILD:+--build "$ROOST_BUILD"}) || exit 1
+eval "$choice"
 echo "roost: llama.cpp build: $ROOST_BUILD${CMAKE_ARGS:+ (CMAKE_ARGS=$CMAKE_ARGS)}"
 [ -n "$ROOST_EXTRAS" ] && extras+=("$ROOST_EXTRAS")
 

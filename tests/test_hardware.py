@@ -33,7 +33,7 @@ def test_rtx4090_box():
 
 def test_m3_max_takes_metal_working_set_from_mlx():
     m = recorded("m3max64.json")
-    assert m.apple.chip == "Apple M3 Max" and m.apple.bandwidth_gbs == 300
+    assert m.apple.chip == "Apple M3 Max" and m.apple.bandwidth_gbs == 400  # the 16-core one
     assert m.apple.working_set_bytes == 48 * hardware.GiB and m.apple.working_set_source == "mlx"
     assert "NEON" in m.cpu_features and not m.gpus and not m.notes
 

@@ -42,8 +42,14 @@ def test_recorded_machines_get_their_build_from_the_standard_library_alone(machi
 
 
 def test_every_recorded_machine_is_covered():
-    covered = {"h100.json", "rtx4090.json", "m1_8gb.json", "m3max64.json", "cpu_only.json", "tiny.json"}
+    macs = {"m2_16gb.json", "m4max36.json", "m4max128.json", "m5_16gb.json", "m5max128.json"}
+    covered = {"h100.json", "rtx4090.json", "m1_8gb.json", "m3max64.json", "cpu_only.json", "tiny.json",
+               "m1_rosetta.json", *macs}
     assert set(os.listdir(MACHINES)) == covered
+    for mac in macs:
+        assert json.loads(engine_build_cli("--machine", os.path.join(MACHINES, mac), "--json").stdout)["build"]["name"] == "metal"
+    rosetta = engine_build_cli("--machine", os.path.join(MACHINES, "m1_rosetta.json"), "--json")
+    assert json.loads(rosetta.stdout)["build"]["name"] == "cpu"
 
 
 def test_shell_form_sets_the_variables_install_sh_reads():

@@ -193,7 +193,10 @@ def test_down_keeps_the_prompt_being_typed():
 # -- copy and model switching -----------------------------------------------------------
 
 
-def test_copy_the_last_answer(demo_gguf):
+def test_copy_the_last_answer(demo_gguf, monkeypatch):
+    for name in ("TMUX", "DISPLAY", "WAYLAND_DISPLAY"):  # a plain terminal: OSC 52 only
+        monkeypatch.delenv(name, raising=False)
+
     async def scenario(app, screen, pilot):
         await pilot.press("ctrl+r")
         assert not app.clipboard and "No answer to copy yet" in notes(app)
@@ -203,7 +206,8 @@ def test_copy_the_last_answer(demo_gguf):
         assert last and first != last and screen.query(".assistant").last().source == last
         await pilot.press("ctrl+r")
         assert app.clipboard == last
-        assert f"Copied the last answer ({len(last)} characters) through the terminal" in notes(app)
+        assert any(n.startswith(f"Sent the last answer ({len(last)} characters) to the terminal's clipboard (OSC 52)")
+                   for n in notes(app))
 
     chat(scenario, demo_gguf, SHORT)
 

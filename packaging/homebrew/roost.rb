@@ -9,7 +9,9 @@
 #
 # Left out on purpose: MLX. Its wheels are binary-only in practice (a source build needs
 # Xcode's Metal toolchain), which Homebrew's from-source resources do not allow; `roost
-# doctor` tells Mac users to add it with `pip install 'roost[mlx]'` in their own venv.
+# doctor` says MLX is missing, and `$(brew --prefix roost)/libexec/bin/pip install mlx-lm`
+# adds it. `roost doctor` names the Metal build "Metal build" whether llama.cpp calls its
+# backend "MTL" (since 2026-01) or "Metal" (before): the test below relies on it.
 class Roost < Formula
   include Language::Python::Virtualenv
 

@@ -235,9 +235,9 @@ class ChatScreen(Screen):
         if not answers:
             self.notify("No answer to copy yet", severity="warning")
             return
-        # OSC 52: the terminal sets its clipboard, over SSH and tmux too (where allowed).
-        self.app.copy_to_clipboard(answers[-1])
-        self.notify(f"Copied the last answer ({len(answers[-1])} characters) through the terminal")
+        from roost.tui import clipboard
+
+        self.notify(clipboard.copy(answers[-1], self.app.copy_to_clipboard, "the last answer"))
 
     def action_models(self) -> None:
         """The model list over this chat: Esc there comes back to it, a pick replaces it."""

@@ -36,7 +36,9 @@ class StatusBar(Horizontal):
         RAM or unified memory, and each GPU's VRAM. A server's reading is named by its
         address, and this machine's free memory is left out: it is not what runs the model."""
         engine = f" · engine {size(sum(reading.buffers.values()))}" if reading.buffers else ""
-        vram = f" · VRAM {size(reading.device_used_bytes)}" if reading.device_used_bytes else ""
+        # On a Mac the GPU's memory is the unified memory shown as free below: not VRAM.
+        gpu = "Metal" if free is not None and free.unified else "VRAM"
+        vram = f" · {gpu} {size(reading.device_used_bytes)}" if reading.device_used_bytes else ""
         rss = f"RSS {size(reading.rss_bytes)}" if reading.rss_bytes is not None else "memory n/a"
         where = f"{reading.host}: " if reading.host else ""
         here = ""

@@ -1,9 +1,11 @@
 """models.toml, and what a model reference means.
 
 A reference is one of: a local path; a catalog name (`qwen2.5-7b`), optionally with a
-quant (`qwen2.5-7b:Q4_K_M`); a Hub repo (`owner/repo`), optionally with a file
-(`owner/repo:file.gguf`) or a quant (`owner/repo:Q4_K_M`). Resolving a reference needs no
-network; listing an uncatalogued repo's files does.
+quant: a GGUF quant, which llama.cpp runs (`qwen2.5-7b:Q4_K_M`), or an MLX build by its
+width (`qwen2.5-7b:4bit`); a Hub repo (`owner/repo`, the catalog's GGUF and MLX repos
+meaning their entries), optionally with a file (`owner/repo:file.gguf`) or a quant
+(`owner/repo:Q4_K_M`). Resolving a reference needs no network; listing an uncatalogued
+repo's files does.
 """
 
 from __future__ import annotations
@@ -208,6 +210,11 @@ def resolve(text: str) -> Ref:
         by_repo = next((m for m in catalog.values() if m.gguf_repo and m.gguf_repo.lower() == name.lower()), None)
         if by_repo and not extra.endswith(".gguf"):
             return Ref(text, model=by_repo, quant=extra or None)
+        # One of the catalog's MLX builds, named by its repo, is that build: NAME:4bit.
+        by_mlx = next(((m, bits) for m in catalog.values() for bits, repo in m.mlx.items()
+                       if repo.lower() == name.lower()), None)
+        if by_mlx and not extra:
+            return Ref(text, model=by_mlx[0], quant=f"{by_mlx[1]}bit")
         if extra.endswith(".gguf"):
             return Ref(text, repo=name, file=extra)
         return Ref(text, repo=name, quant=extra or None)

@@ -20,7 +20,8 @@ EXIT_INTERRUPTED = 130
 DEFAULT_PORT = 8080
 PPL_CTX = 512  # llama-perplexity's default chunk, so that figures compare with the community's
 ENGINE_HELP = ("llama (llama.cpp) or mlx (MLX model folders, MLX builds of catalog models); "
-               "default: MLX on Apple Silicon where the model has an MLX build that fits, else llama")
+               "default: MLX on Apple Silicon where the model's best MLX build that fits is about as good as its "
+               "best GGUF that fits, else llama; NAME:Q8_0 means llama, NAME:4bit mlx")
 
 
 def _positive_int(text: str) -> int:
@@ -620,6 +621,8 @@ def cmd_fit(args) -> int:
         raise UsageError("give one catalog name or Hub repo, or several local .gguf files of one model")
     n_ctx = loading.context(args.ctx, name, limit)
     ranking = fit.rank(shape, quants, n_ctx, machine, use_gpu=not args.cpu)
+    # A catalog model may run on MLX instead of these GGUFs: which engine, and why.
+    engine = loading.choose_engine(None, refs[0], machine, n_ctx) if refs[0].model and not args.cpu else None
     if args.json:
         b = ranking.budget
         print(json.dumps({
@@ -630,10 +633,11 @@ def cmd_fit(args) -> int:
             "options": [o.as_dict() for o in ranking.options],
             "pick": ranking.pick.quant.name if ranking.pick else None,
             "reason": ranking.reason,
+            "engine": engine.as_dict() if engine else None,
         }, indent=2))
     else:
-        print(report.ranking(name, shape, ranking))
-    return 0 if ranking.pick else 1
+        print(report.ranking(name, shape, ranking) + (f"\n{engine.line}" if engine else ""))
+    return 0 if ranking.pick or engine and engine.name == "mlx" else 1
 
 
 def _model_file(ref, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
@@ -718,14 +722,21 @@ class _download_bar:
 
 
 def cmd_pull(args) -> int:
-    from roost import catalog, hardware, library, loading, report
+    from roost import catalog, hardware, library, loading, mlx_models, report
 
     machine = hardware.detect()
     ref = catalog.resolve(args.model)
     if ref.path:
         raise UsageError(f"{args.model} is a local file: nothing to pull")
-    if loading.engine_for(args.engine, ref, machine) == "mlx":
-        print(_mlx_folder(ref, machine, args.ctx, yes=args.yes, can_ask=sys.stdin is not None and sys.stdin.isatty()))
+    engine = loading.choose_engine(args.engine, ref, machine, args.ctx)
+    print(engine.line, file=sys.stderr)
+    if engine.name == "mlx":
+        if ref.model is not None and not ref.quant:  # the MLX builds ranked, as the GGUFs are below
+            ranking = mlx_models.rank(ref.model, machine, args.ctx or DEFAULT_CTX)
+            print(report.ranking(f"{ref.model.name} (MLX builds)", ref.model.shape(), ranking), file=sys.stderr)
+        can_ask = sys.stdin is not None and sys.stdin.isatty()
+        # as for a GGUF below: asked at a terminal, else pulled (pulling is what was asked for)
+        print(_mlx_folder(ref, machine, args.ctx, yes=args.yes or not can_ask, can_ask=can_ask))
         return 0
     choice = library.choose(ref, machine, args.ctx or DEFAULT_CTX)
     if choice.ranking is not None:

@@ -3,7 +3,7 @@ anything is loaded. The command line and the chat app load models the same way."
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from roost.errors import UsageError
 
@@ -44,30 +44,120 @@ def plan(path: str, machine, offload: bool, ctx: int | None = None, gpu_layers: 
     return info, replace(chosen, n_threads=threads) if threads else chosen, option
 
 
-def engine_for(requested: str | None, ref, machine) -> str:
-    """The engine that runs a model reference here: the one asked for if it can, else
-    MLX on Apple Silicon where the catalog has an MLX build that fits, else llama.cpp."""
-    from roost import mlx_models
+# The engine for a catalog model on Apple Silicon, unless one is asked for: MLX when its
+# best build that fits is about as good as llama.cpp's best GGUF that fits, else llama.cpp
+# on Metal. Quality is judged as the fit planner judges quants, by bits per weight capped
+# at fit.QUALITY_CAP_BPW, and "about as good" is either of:
+#  - within MLX_SLACK_BPW: MLX's 4-bit (4.5 bits per weight with its group scales) against
+#    a Q4_K_M (4.8-5.0) is a like-for-like pair, and MLX is the faster engine on Apple
+#    Silicon; a 3-bit build against a Q8_0 that fits many times over is not;
+#  - both at or above PLATEAU_BPW: from about 6 bits per weight on, quants sit beside the
+#    original weights in llama.cpp's perplexity tables (Q6_K, Q8_0 next to F16), so a
+#    6-bit build is as good as a Q8_0.
+# A 4-bit build does not displace a Q6_K or Q8_0 that fits: 4 bits cost measurably, and the
+# planner itself takes Q8_0 over Q4_K_M wherever both fit.
+MLX_SLACK_BPW = 0.5
+PLATEAU_BPW = 6.0
 
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine a model runs on here, and why, in words for one line."""
+
+    name: str  # "llama" or "mlx", as backends.load takes it
+    label: str  # the engine as people read it: "MLX", "llama.cpp on Metal", "llama.cpp"
+    why: str
+
+    @property
+    def line(self) -> str:
+        return f"engine: {self.label} — {self.why}"
+
+    def as_dict(self) -> dict:
+        return {"engine": self.name, "label": self.label, "why": self.why}
+
+
+def choose_engine(requested: str | None, ref, machine, n_ctx: int | None = None) -> EngineChoice:
+    """The engine that runs a model reference here: the one asked for (--engine, or a
+    quant only one engine runs: NAME:Q8_0 is a GGUF, NAME:4bit an MLX build) if it can;
+    else, on Apple Silicon, MLX where its best fitting build is about as good as the best
+    fitting GGUF (see MLX_SLACK_BPW); else llama.cpp."""
+    from roost import catalog, mlx_models
+
+    n_ctx = n_ctx or DEFAULT_CTX
+    model = ref.model
     folder = ref.path is not None and mlx_models.is_model_dir(ref.path)
+    mlx_quant = bool(model is not None and ref.quant and model.mlx and catalog.MLX_BITS.fullmatch(ref.quant))
+    gguf_quant = bool(ref.quant) and not mlx_quant
+    # Under Rosetta the Mac's GPU is out of reach: llama.cpp is an x86_64 CPU build there.
+    metal = machine.apple is not None and not getattr(machine, "rosetta", False)
+    llama = "llama.cpp on Metal" if metal else "llama.cpp"
     if requested == "llama":
         if folder:
             raise UsageError(f"{ref.text} is an MLX model folder; llama.cpp runs .gguf files (use --engine mlx)")
-        return "llama"
-    if requested == "mlx" or folder:
-        why = mlx_models.unavailable()
+        if mlx_quant:
+            raise UsageError(f"{ref.quant} names an MLX build of {model.name}; llama.cpp runs its GGUF quants "
+                             f"({', '.join(g.quant for g in model.gguf)}): name one of those, or drop --engine llama")
+        return EngineChoice("llama", llama, "as asked (--engine llama)")
+    if requested == "mlx" or folder or mlx_quant:
+        why = mlx_models.unavailable(machine)
+        if why and mlx_quant and requested is None:
+            raise UsageError(f"{ref.quant} names an MLX build, and the MLX engine cannot run here: {why}; for "
+                             f"llama.cpp name a GGUF quant ({', '.join(g.quant for g in model.gguf)}) or none")
         if why:
             raise UsageError(f"the MLX engine cannot run here: {why}")
         if ref.path is not None and not folder:
             raise UsageError(f"{ref.text} is not an MLX model: MLX runs model folders (config.json and "
                              ".safetensors), not .gguf files; use --engine llama for this one")
-        if ref.model is not None and not ref.model.mlx:
-            raise UsageError(f"{ref.model.name} has no MLX build in the catalog; use --engine llama")
-        return "mlx"
-    if (ref.model is not None and ref.model.mlx and machine.apple is not None and mlx_models.unavailable() is None
-            and mlx_models.fits(ref.model, machine, DEFAULT_CTX)):
-        return "mlx"
-    return "llama"
+        if model is not None and not model.mlx:
+            raise UsageError(f"{model.name} has no MLX build in the catalog; use --engine llama")
+        if model is not None and gguf_quant:
+            raise UsageError(f"{ref.quant} is a GGUF quant, which llama.cpp runs (drop --engine mlx); "
+                             f"{model.name}'s MLX builds: {', '.join(f'{model.name}:{b}bit' for b in model.mlx)}")
+        said = ("as asked (--engine mlx)" if requested == "mlx" else
+                "an MLX model folder" if folder else f"{ref.quant} names an MLX build")
+        return EngineChoice("mlx", "MLX", said)
+    if ref.path is not None:
+        return EngineChoice("llama", llama, "a .gguf file")
+    if model is None:
+        return EngineChoice("llama", llama, f"{ref.repo} is a Hub repo of GGUF files")
+    if gguf_quant:
+        return EngineChoice("llama", llama, f"{ref.quant} is a GGUF quant")
+    if model.gguf_repo and ref.text.partition(":")[0].lower() == model.gguf_repo.lower():
+        return EngineChoice("llama", llama, f"{model.gguf_repo} is a repo of GGUF files")
+    if machine.apple is None:
+        return EngineChoice("llama", llama, "MLX is picked on Apple Silicon only")
+    if not model.mlx:
+        return EngineChoice("llama", llama, f"{model.name} has no MLX build in the catalog")
+    why = mlx_models.unavailable(machine)
+    if why:
+        return EngineChoice("llama", llama, f"MLX cannot run here: {why}")
+    return _mlx_or_gguf(model, machine, n_ctx, llama)
+
+
+def _mlx_or_gguf(model, machine, n_ctx: int, llama: str) -> EngineChoice:
+    from roost import fit, mlx_models
+
+    built = mlx_models.best(mlx_models.rank(model, machine, n_ctx))
+    gguf = fit.rank(model.shape(), model.quants(), min(n_ctx, model.context), machine).pick
+    if built is None:
+        return EngineChoice("llama", llama, f"no MLX build of {model.name} fits here at {n_ctx} tokens of context"
+                            + (f"; {gguf.quant.name} does" if gguf else ""))
+    mlx_bpw = min(built.bits_per_weight, fit.QUALITY_CAP_BPW)
+    if gguf is None:
+        return EngineChoice("mlx", "MLX", f"its {built.quant.name} build ({mlx_bpw:.1f} bits per weight) fits here "
+                            "and no GGUF quant does")
+    gguf_bpw = min(gguf.bits_per_weight, fit.QUALITY_CAP_BPW)
+    if mlx_bpw >= gguf_bpw - MLX_SLACK_BPW or min(mlx_bpw, gguf_bpw) >= PLATEAU_BPW:
+        return EngineChoice("mlx", "MLX", f"its {built.quant.name} build ({mlx_bpw:.1f} bits per weight) is about as "
+                            f"good as llama.cpp's best fit here, {gguf.quant.name} ({gguf_bpw:.1f}), and MLX is the "
+                            "faster engine on Apple Silicon")
+    return EngineChoice("llama", llama, f"{gguf.quant.name} ({gguf_bpw:.1f} bits per weight) fits here, and the best "
+                        f"MLX build that does, {built.quant.name}, has only {mlx_bpw:.1f}")
+
+
+def engine_for(requested: str | None, ref, machine, n_ctx: int | None = None) -> str:
+    """The name of the engine choose_engine picks."""
+    return choose_engine(requested, ref, machine, n_ctx).name
 
 
 def plan_mlx(path: str, machine, ctx: int | None = None):

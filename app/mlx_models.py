@@ -9,8 +9,6 @@ import fnmatch
 import importlib.util
 import json
 import os
-import platform
-import sys
 from dataclasses import dataclass
 
 from roost import fit
@@ -24,14 +22,27 @@ NEEDED = ("*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken",
 GROUP_OVERHEAD_BITS = 32 / 64
 
 
-def unavailable() -> str | None:
-    """Why MLX cannot run here, or None when it can."""
-    if sys.platform == "darwin" and platform.machine() != "arm64":
+# roost is not on PyPI: MLX comes with roost's own installer, or as its extra from the checkout.
+INSTALL_HINT = ("run packaging/install.sh, which adds MLX on Apple Silicon, or `.venv/bin/pip install -e '.[mlx]'` "
+                "from roost's checkout")
+
+
+def unavailable(machine=None) -> str | None:
+    """Why MLX cannot run here, or None when it can. `machine` (hardware.detect()'s,
+    recorded ones included) says what this Python runs on."""
+    if machine is None:
+        from roost import hardware
+
+        machine = hardware.detect(gpus=False)
+    if getattr(machine, "rosetta", False):
+        return ("this Python is an x86_64 one running under Rosetta, and MLX needs a native arm64 Python: "
+                "install one (python.org, Homebrew or `uv python install`) and run packaging/install.sh with it")
+    if machine.os == "darwin" and machine.arch != "arm64":
         return "MLX needs Apple Silicon; this Mac has an Intel CPU"
-    if sys.platform not in ("darwin", "linux"):
+    if machine.os not in ("darwin", "linux"):
         return "MLX runs on macOS (Apple Silicon) and Linux only"
     if importlib.util.find_spec("mlx_lm") is None:
-        return "MLX is not installed: pip install 'roost[mlx]'"
+        return f"MLX is not installed: {INSTALL_HINT}"
     return None
 
 
@@ -124,6 +135,17 @@ def builds(model: Model) -> list[tuple[str, fit.Quant]]:
     return out
 
 
+def rank(model: Model, machine, n_ctx: int) -> fit.Ranking:
+    """The fit planner's ranking of a catalog model's MLX builds on this machine."""
+    return fit.rank(model.shape(), [q for _, q in builds(model)], min(n_ctx, model.context), machine)
+
+
+def best(ranking: fit.Ranking) -> fit.Option | None:
+    """The build to run from a ranking of MLX builds: MLX has no partial offload, so
+    only one that fits whole."""
+    return ranking.pick if ranking.pick is not None and ranking.pick.fit == "full" else None
+
+
 def pick(model: Model, machine, n_ctx: int, bits: str | None = None) -> tuple[str, fit.Ranking | None]:
     """The MLX repo of a catalog model to run here: the bits asked for, else the best
     quality that fits. Raises when none does."""
@@ -133,19 +155,20 @@ def pick(model: Model, machine, n_ctx: int, bits: str | None = None) -> tuple[st
         for repo, q in available:
             if q.name == f"{wanted}bit":
                 return repo, None
-        raise RoostError(f"{model.name} has no {bits} MLX build; it has: {', '.join(q.name for _, q in available)}")
-    ranking = fit.rank(model.shape(), [q for _, q in available], min(n_ctx, model.context), machine)
-    if ranking.pick is None or ranking.pick.fit != "full":
+        have = ", ".join(q.name for _, q in available)
+        if any(g.quant.lower() == bits.lower() for g in model.gguf):
+            raise RoostError(f"{bits} is a GGUF quant of {model.name}, which llama.cpp runs (--engine llama); "
+                             f"its MLX builds are: {have}")
+        raise RoostError(f"{model.name} has no {bits} MLX build; it has: {have}")
+    ranking = rank(model, machine, n_ctx)
+    chosen = best(ranking)
+    if chosen is None:
         raise RoostError(f"no MLX build of {model.name} fits on this machine: {ranking.reason}")
-    return next(repo for repo, q in available if q.name == ranking.pick.quant.name), ranking
+    return next(repo for repo, q in available if q.name == chosen.quant.name), ranking
 
 
 def fits(model: Model, machine, n_ctx: int) -> bool:
-    try:
-        pick(model, machine, n_ctx)
-    except RoostError:
-        return False
-    return True
+    return best(rank(model, machine, n_ctx)) is not None
 
 
 # -- the Hub ----------------------------------------------------------------------

@@ -20,7 +20,9 @@ def load(model_path: str, plan: Plan = Plan(), engine: str = "llama") -> Engine:
         try:
             from roost.backends.mlx import MlxEngine
         except ImportError as e:
-            raise UsageError(f"MLX is not available ({e}); install it with: pip install 'roost[mlx]'") from None
+            from roost.mlx_models import INSTALL_HINT
+
+            raise UsageError(f"MLX is not available ({e}): {INSTALL_HINT}") from None
         return MlxEngine(model_path, plan)
     raise UsageError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
 

@@ -112,3 +112,19 @@ def test_the_shipped_catalog_is_valid():
     for m in real:
         assert m.gguf and all(g.size > 0 for g in m.gguf), m.name
         assert m.shape().n_layer > 0
+
+
+def test_the_mlx_entries_carry_the_4_and_8_bit_builds_people_use():
+    for name in ("qwen2.5-7b", "llama3.2-3b", "llama3.3-70b", "mistral-7b"):
+        m = catalog.models()[name]
+        assert {"4", "8"} <= set(m.mlx), name
+        for bits, repo in m.mlx.items():
+            assert repo.startswith("mlx-community/") and repo.endswith(f"-{bits}bit"), repo
+
+
+def test_a_catalog_mlx_repo_names_that_build():
+    ref = catalog.resolve("mlx-community/Qwen2.5-7B-Instruct-8bit")
+    assert ref.model is catalog.models()["qwen2.5-7b"] and ref.quant == "8bit"
+    assert catalog.resolve("qwen2.5-7b:4bit").quant == "4bit"
+    with pytest.raises(RoostError, match="no quant 4bit"):  # a model with no MLX build has no widths
+        catalog.resolve("qwen2.5-14b:4bit")

@@ -169,3 +169,24 @@ def test_gated_repo_refuses_the_remote_header_read_too(hub, home, hub_root, demo
     one_line(roost_hub(hub, home, "fit", "roost-test/Gated-Multi-GGUF"), "gated", "HF_TOKEN")
     ok = roost_hub(hub, home, "fit", "roost-test/Gated-Multi-GGUF", "--json", env={"HF_TOKEN": "hf_good_token"})
     assert ok.returncode == 0 and len(json.loads(ok.stdout)["options"]) == 2, ok.stderr
+
+
+def test_a_named_gguf_quant_is_pulled_for_llama_cpp_on_a_mac(hub, home, demo_gguf):
+    # NAME has an MLX build that fits a 64 GB Mac; a GGUF quant named by the user still
+    # means llama.cpp, and the pull says so.
+    entry = catalog.models()[NAME]
+    q8 = next(g for g in entry.gguf if g.quant == "Q8_0")
+    pulled = roost_hub(hub, home, "pull", f"{NAME}:Q8_0", "--yes", machine="m3max64.json")
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.strip().endswith(q8.file) and sha256(pulled.stdout.strip()) == sha256(demo_gguf)
+    assert "engine: llama.cpp on Metal — Q8_0 is a GGUF quant" in pulled.stderr
+
+
+def test_pull_on_a_mac_says_why_it_takes_the_mlx_build(hub, home, mlx_repo):
+    # no terminal to ask at: pulled, as a GGUF is
+    pulled = roost_hub(hub, home, "pull", NAME, machine="m3max64.json")
+    assert pulled.returncode == 0, pulled.stderr
+    assert os.path.isfile(os.path.join(pulled.stdout.strip(), "config.json"))
+    [line] = [ln for ln in pulled.stderr.splitlines() if ln.startswith("engine: ")]
+    assert line.startswith("engine: MLX — its 8bit build (8.5 bits per weight) is about as good as llama.cpp's best")
+    assert "(MLX builds)" in pulled.stderr and "pick: 8bit" in pulled.stderr  # the builds ranked, as GGUFs are

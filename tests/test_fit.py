@@ -126,3 +126,20 @@ def test_estimate_holds_for_other_shapes(synthetic, n_ctx):
     assert est.kv == buffers["kv"]
     assert abs(est.weights - buffers["model"]) < 2**20
     assert 0.92 < est.compute_reserved / buffers["compute"] < 1.08
+
+
+def test_roost_fit_says_which_engine_runs_a_catalog_model_and_why(monkeypatch, capsys):
+    import json
+    import os
+
+    from roost import cli
+
+    monkeypatch.setenv("ROOST_MACHINE", os.path.join(os.path.dirname(__file__), "machines", "m3max64.json"))
+    assert cli.main(["fit", "qwen2.5-7b"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("engine: MLX — its 8bit build") and "Q8_0" in last
+    assert cli.main(["fit", "qwen2.5-7b:Q8_0", "--json"]) == 0
+    engine = json.loads(capsys.readouterr().out)["engine"]
+    assert engine == {"engine": "llama", "label": "llama.cpp on Metal", "why": "Q8_0 is a GGUF quant"}
+    assert cli.main(["fit", "qwen2.5-7b", "--cpu", "--json"]) == 0  # planned for the CPU: no engine to choose
+    assert json.loads(capsys.readouterr().out)["engine"] is None

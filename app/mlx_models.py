@@ -63,22 +63,63 @@ def read_config(path: str) -> dict:
 def shape(config: dict) -> fit.Shape:
     try:
         n_layer, n_embd, n_head = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
-        n_ff, n_vocab = config.get("intermediate_size", 4 * n_embd), config["vocab_size"]
+        n_ff, n_vocab = config.get("intermediate_size") or 4 * n_embd, config["vocab_size"]
     except KeyError as e:
         raise ModelFileError(f"config.json has no {e.args[0]}: not a language model roost can size") from None
     n_head_kv = config.get("num_key_value_heads") or n_head
     head_dim = config.get("head_dim") or n_embd // n_head
-    n_expert = config.get("num_experts") or config.get("num_local_experts") or config.get("n_routed_experts") or 0
     tied = config.get("tie_word_embeddings", False)
     attention = n_embd * head_dim * (2 * n_head + 2 * n_head_kv)
-    mlp = 3 * n_embd * n_ff * max(n_expert, 1)
+    mlp = _mlp(config, n_layer, n_embd, n_ff)
     return fit.Shape(
         n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=(n_head_kv,) * n_layer,
         head_dim_k=head_dim, head_dim_v=head_dim, n_vocab=n_vocab,
         n_ctx_train=config.get("max_position_embeddings", 0),
-        n_params=n_vocab * n_embd * (1 if tied else 2) + n_layer * (attention + mlp),
-        tied_embeddings=tied, n_expert=n_expert, n_expert_used=config.get("num_experts_per_tok", 0),
+        n_params=n_vocab * n_embd * (1 if tied else 2) + n_layer * attention + mlp.params,
+        tied_embeddings=tied, n_expert=mlp.n_expert, n_expert_used=mlp.n_expert_used,
     )
+
+
+def expert_share(config: dict, s: fit.Shape) -> float:
+    """The share of the layers' weights held by routed experts, of which a token reads only
+    n_expert_used / n_expert: what fit.Quant.from_size needs to count them so."""
+    layers = s.n_params - s.n_vocab * s.n_embd * (1 if s.tied_embeddings else 2)
+    return _mlp(config, s.n_layer, s.n_embd, s.n_ff).routed / layers
+
+
+@dataclass(frozen=True)
+class _Mlp:
+    params: int  # the feed-forward weights of every layer, routers included
+    routed: int = 0  # of which routed experts
+    n_expert: int = 0
+    n_expert_used: int = 0
+
+
+def _mlp(config: dict, n_layer: int, n_embd: int, n_ff: int) -> _Mlp:
+    """Feed-forward weights: gate, up and down projections. MoE configs give their experts'
+    width apart (Mixtral-style ones in intermediate_size), may add shared experts that
+    every token reads, and may keep some layers dense, of intermediate_size."""
+    n_expert = config.get("num_experts") or config.get("num_local_experts") or config.get("n_routed_experts") or 0
+    dense = 3 * n_embd * n_ff
+    if not n_expert:
+        return _Mlp(n_layer * dense)
+    n_expert_ff = config.get("moe_intermediate_size") or n_ff
+    n_shared_ff = config.get("shared_expert_intermediate_size") or (config.get("n_shared_experts") or 0) * n_expert_ff
+    n_moe = sum(_is_moe_layer(config, i) for i in range(n_layer))
+    routed = n_moe * n_expert * 3 * n_embd * n_expert_ff
+    every_token = n_moe * (3 * n_embd * n_shared_ff + n_embd * n_expert) + (n_layer - n_moe) * dense  # routers too
+    # A config that does not say how many experts a token reads: all, lest the ceiling promise too much.
+    n_used = config.get("num_experts_per_tok") or config.get("experts_per_token") or n_expert
+    return _Mlp(routed + every_token, routed, n_expert, n_used)
+
+
+def _is_moe_layer(config: dict, i: int) -> bool:
+    """Qwen's MoE configs name their dense layers (mlp_only_layers, decoder_sparse_step),
+    DeepSeek's and GLM's keep the first few dense (first_k_dense_replace, moe_layer_freq)."""
+    return (i not in (config.get("mlp_only_layers") or ())
+            and i >= (config.get("first_k_dense_replace") or 0)
+            and (i + 1) % (config.get("decoder_sparse_step") or 1) == 0
+            and i % (config.get("moe_layer_freq") or 1) == 0)
 
 
 def quant_name(config: dict) -> str:
@@ -109,7 +150,7 @@ def local(path: str) -> Local:
     if size == 0:
         raise ModelFileError(f"{path} has no .safetensors weights: download it again")
     name = _repo_of_snapshot(path) or os.path.basename(os.path.normpath(path))
-    return Local(path, name, s, fit.Quant.from_size(s, quant_name(config), size))
+    return Local(path, name, s, fit.Quant.from_size(s, quant_name(config), size, expert_share(config, s)))
 
 
 def _repo_of_snapshot(path: str) -> str | None:

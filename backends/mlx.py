@@ -5,6 +5,8 @@ stats are read from them and never timed again here; roost adds only the time sp
 rendering and tokenizing before mlx-lm starts, which belongs in time to first token.
 The prompt is rendered by roost.chat_template (sandboxed) exactly as for llama.cpp,
 and one prompt cache lives across turns, cut back to the prefix the next prompt shares.
+Hybrid and recurrent models (Qwen3-Next, LFM2, Nemotron-H, Mamba) keep a state that
+cannot be cut back: theirs is reused only by a prompt that extends all it has taken in.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from mlx_lm.utils import load as load_model
 from roost import memory
 from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Params, Plan, Token
 from roost.backends.streaming import ChatPrompt, StopMatcher, TokenLoop, check_fits, done, reusable_prefix
-from roost.errors import ModelFileError
+from roost.errors import ModelFileError, ModelTooBig
+
+# What MLX says when memory runs out (mlx/backend/metal/allocator.cpp and device.cpp, and
+# its CUDA allocator): a RuntimeError like a damaged file's, told apart only by its text.
+# Metal's "Insufficient Memory" is translated on other macOS languages; its code name is not.
+OUT_OF_MEMORY = ("[malloc] Unable to allocate", "maximum allowed buffer size", "Insufficient Memory", "OutOfMemory")
 
 
 class _Cancelled(Exception):
@@ -41,6 +48,24 @@ def check_model_dir(path: str) -> None:
         raise ModelFileError(f"{path} has no config.json: not an MLX model directory")
     if not any(name.endswith(".safetensors") for name in os.listdir(path)):
         raise ModelFileError(f"{path} has no .safetensors weights: download it again")
+
+
+def too_big(e: RuntimeError, doing: str, fix: str) -> ModelTooBig | None:
+    """The one line for MLX running out of memory, or None for any other error."""
+    text = str(e).strip().rstrip(".")
+    if not any(marker in text for marker in OUT_OF_MEMORY):
+        return None
+    return ModelTooBig(f"MLX ran out of memory {doing}: use {fix} ({text})")
+
+
+def _taken_in(cache) -> int | None:
+    """How many tokens the cache has taken in, as its attention layers count them; None
+    for a model of recurrent layers alone, whose state keeps no count."""
+    for entry in cache:
+        for layer in getattr(entry, "caches", (entry,)):  # a CacheList holds several per layer
+            if isinstance(getattr(layer, "offset", None), int):
+                return layer.offset
+    return None
 
 
 def device() -> str:
@@ -58,7 +83,9 @@ class MlxEngine(TokenLoop):
         self.plan = plan
         try:
             self._model, self._tokenizer = load_model(model_path)
-        except RuntimeError as e:  # MLX's own reader: a short or damaged .safetensors
+        except RuntimeError as e:  # out of memory, or MLX's own reader: a short or damaged .safetensors
+            if (oom := too_big(e, f"loading {model_path}", "a smaller quant")) is not None:
+                raise oom from None
             detail = str(e).split("] ", 1)[-1].split(". Perhaps", 1)[0]
             raise ModelFileError(f"{model_path} is truncated or corrupt ({detail}); download it again") from None
         except (ValueError, OSError, KeyError) as e:
@@ -77,11 +104,21 @@ class MlxEngine(TokenLoop):
         )
         self._model_bytes = sum(v.nbytes for _, v in tree_flatten(self._model.parameters()))
         self._cache = make_prompt_cache(self._model)
-        self._held: list[int] = []  # the tokens whose keys and values the cache holds
+        self._held: list[int] = []  # the tokens the cache has taken in
 
     # -- generation -----------------------------------------------------------
 
     def _generate(self, tokenize, params: Params, cancel: Cancel | None) -> Iterator[Event]:
+        try:
+            yield from self._answer(tokenize, params, cancel)
+        except RuntimeError as e:
+            # A step that failed leaves the cache half-written: the next answer starts afresh.
+            self._cache, self._held = make_prompt_cache(self._model), []
+            if (oom := too_big(e, "while answering", "a smaller --ctx or a smaller quant")) is None:
+                raise
+            raise oom from None
+
+    def _answer(self, tokenize, params: Params, cancel: Cancel | None) -> Iterator[Event]:
         cancel = cancel or Cancel()
         called = time.perf_counter()
         prompt = tokenize()  # rendering and tokenizing are part of TTFT
@@ -93,7 +130,11 @@ class MlxEngine(TokenLoop):
         if params.seed is not None:
             mx.random.seed(params.seed)
 
+        prefilled = 0  # tokens of prompt[cached:] run so far, for a cache that keeps no count
+
         def hook(processed: int, total: int) -> None:
+            nonlocal prefilled
+            prefilled = processed
             if processed < total and cancel.is_set():
                 raise _Cancelled
 
@@ -136,7 +177,10 @@ class MlxEngine(TokenLoop):
             pass
         finally:
             responses.close()
-            self._held = (prompt + generated)[: self._cache[0].offset]
+            taken = _taken_in(self._cache)
+            if taken is None:  # mlx-lm runs each token through the model before it yields it
+                taken = cached + prefilled + len(generated)
+            self._held = (prompt + generated)[:taken]
         if reason != "stop":
             tail = stops.flush()
             if tail:
@@ -151,7 +195,7 @@ class MlxEngine(TokenLoop):
         if extra > 0:
             if can_trim_prompt_cache(self._cache):
                 trim_prompt_cache(self._cache, extra)
-            else:  # e.g. sliding-window or recurrent caches cannot drop a suffix
+            else:  # sliding-window and recurrent caches cannot drop a suffix: only extending them works
                 self._cache, shared = make_prompt_cache(self._model), 0
         self._held = self._held[:shared]
         return shared

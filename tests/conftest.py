@@ -38,6 +38,22 @@ def demo_mlx(tmp_path_factory, demo_gguf) -> str:
     return str(convert(demo_gguf, tmp_path_factory.mktemp("mlx") / "SmolLM2-135M-Instruct-mlx"))
 
 
+@pytest.fixture(scope="session")
+def hybrid_mlx(tmp_path_factory, demo_mlx) -> str:
+    """A tiny random LFM2, whose cache starts with recurrent state (tests/mlx_model.py)."""
+    from mlx_model import HYBRID, save_random_model
+
+    return str(save_random_model(HYBRID, tmp_path_factory.mktemp("mlx") / "Tiny-LFM2-random", demo_mlx))
+
+
+@pytest.fixture(scope="session")
+def recurrent_mlx(tmp_path_factory, demo_mlx) -> str:
+    """A tiny random Mamba: recurrent state alone (tests/mlx_model.py)."""
+    from mlx_model import RECURRENT, save_random_model
+
+    return str(save_random_model(RECURRENT, tmp_path_factory.mktemp("mlx") / "Tiny-Mamba-random", demo_mlx))
+
+
 # remote: llama.cpp behind `roost serve`'s server on 127.0.0.1, reached over real HTTP.
 MODEL_OF = {"llama": "demo_gguf", "mlx": "demo_mlx", "remote": "demo_gguf"}
 

@@ -7,6 +7,9 @@ What is left is what llama.cpp's converter did to the Hugging Face checkpoint: r
 the tensors back, undo its reordering of the query and key rows, and rebuild the
 tokenizer files from the vocabulary the GGUF carries.
 
+Also: models of any architecture mlx-lm knows, with random weights (`random_model`),
+for what the demo's cannot show: hybrid models' recurrent state, MoE sizes.
+
 Run it as a script to write the directory: python tests/mlx_model.py OUT_DIR
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -127,6 +131,49 @@ def _write_tokenizer(reader: gguf.GGUFReader, out: Path, bos: int, eos: int) -> 
         "chat_template": _field(reader, "tokenizer.chat_template"),
         "model_max_length": int(_field(reader, "llama.context_length")),
     }, indent=2))
+
+
+# LFM2 (Liquid's hybrid): short convolutions with attention between; a convolution layer
+# first, so the cache begins with recurrent state. Tiny, on SmolLM2's vocabulary.
+HYBRID = {
+    "model_type": "lfm2", "architectures": ["Lfm2ForCausalLM"], "vocab_size": 49152,
+    "hidden_size": 64, "num_hidden_layers": 4, "layer_types": ["conv", "full_attention", "conv", "full_attention"],
+    "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "block_ff_dim": 128,
+    "block_dim": 64, "block_multiple_of": 16, "block_ffn_dim_multiplier": 1.0, "block_auto_adjust_ff_dim": False,
+    "conv_bias": False, "conv_L_cache": 3, "norm_eps": 1e-5, "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+}
+
+# Mamba: recurrent state alone, no attention layer to count the tokens it has taken in.
+RECURRENT = {
+    "model_type": "mamba", "architectures": ["MambaForCausalLM"], "vocab_size": 49152,
+    "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "state_size": 8, "conv_kernel": 4,
+    "time_step_rank": 4, "use_bias": False, "use_conv_bias": True, "tie_word_embeddings": True,
+}
+
+
+def random_model(config: dict):
+    """mlx-lm's model for config, as its loader builds it, with seeded random weights."""
+    from mlx_lm.utils import _get_classes
+
+    model_class, args_class = _get_classes(config)
+    mx.random.seed(0)
+    model = model_class(args_class.from_dict(config))
+    mx.eval(model.parameters())
+    return model
+
+
+def save_random_model(config: dict, out: Path, tokenizer_from: str) -> Path:
+    """A random model written as mlx-lm writes its conversions, with the tokenizer (and
+    chat template) of another MLX folder."""
+    from mlx_lm.utils import save_config, save_model
+
+    save_model(out, random_model(config))
+    theirs = json.loads(Path(tokenizer_from, "config.json").read_text())
+    save_config({**config, **{k: v for k, v in theirs.items() if k.endswith("_token_id")}}, out / "config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(tokenizer_from, name), out)
+    return out
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -254,7 +255,7 @@ def test_auto_choice_is_mlx_on_apple_silicon_where_a_build_fits():
 def test_without_mlx_installed(no_mlx):
     smol = catalog.resolve(NAME)
     assert loading.engine_for(None, smol, recorded_machine("m3max64.json")) == "llama"
-    with pytest.raises(UsageError, match=r"pip install 'roost\[mlx\]'"):
+    with pytest.raises(UsageError, match=re.escape(mlx_models.INSTALL_HINT)):
         loading.engine_for("mlx", smol, recorded_machine("m3max64.json"))
 
 

@@ -29,3 +29,16 @@ class ModelTooBig(RoostError):
 
 class RemoteError(RoostError):
     """A server roost talks to cannot be reached, or failed while answering."""
+
+
+class EngineCrashed(RoostError):
+    """The engine's own process died (a signal, abort(), the out-of-memory killer) and took
+    the model with it. The app goes on; the engine can be loaded again."""
+
+    def __init__(self, how: str, doing: str, detail: str = ""):
+        self.how, self.doing, self.detail = how, doing, detail  # "SIGSEGV", "answering", its last words
+        hint = ", which the out-of-memory killer sends" if how == "SIGKILL" else ""
+        super().__init__(f"the engine crashed ({how}{hint}) while {doing}" + (f": {detail}" if detail else ""))
+
+    def __reduce__(self):
+        return type(self), (self.how, self.doing, self.detail)

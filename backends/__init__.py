@@ -8,8 +8,17 @@ from roost.errors import UsageError
 ENGINES = ("llama", "mlx")
 
 
-def load(model_path: str, plan: Plan = Plan(), engine: str = "llama") -> Engine:
-    """Load a model into an engine. Engines import their library only here, when used."""
+def load(model_path: str, plan: Plan = Plan(), engine: str = "llama", *, isolated: bool = False) -> Engine:
+    """Load a model into an engine. Engines import their library only here, when used.
+
+    isolated: in a process of its own (child.py), as the long-lived commands run it: a
+    crash in native code is then an EngineCrashed here, not the end of the app."""
+    if isolated:
+        if engine not in ENGINES:
+            raise UsageError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+        from roost.backends.child import ChildEngine
+
+        return ChildEngine(model_path, plan, engine)
     if engine == "llama":
         try:
             from roost.backends.llama_cpp import LlamaCppEngine

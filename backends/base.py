@@ -132,6 +132,7 @@ class MemoryReading:
     buffers: dict[str, int] = field(default_factory=dict)  # engine-reported, e.g. {"model": …, "kv": …}
     engine_peak_bytes: int | None = None  # the engine's own high-water mark, where it keeps one (MLX)
     host: str | None = None  # where that process runs: None for this one, else the server's address
+    app_rss_bytes: int | None = None  # the app's own process, where the model runs in another (backends/child.py)
 
     def as_dict(self) -> dict:
         return asdict(self)

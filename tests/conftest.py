@@ -55,7 +55,8 @@ def recurrent_mlx(tmp_path_factory, demo_mlx) -> str:
 
 
 # remote: llama.cpp behind `roost serve`'s server on 127.0.0.1, reached over real HTTP.
-MODEL_OF = {"llama": "demo_gguf", "mlx": "demo_mlx", "remote": "demo_gguf"}
+# child: llama.cpp in a process of its own (backends/child.py), as chat, serve and eval run it.
+MODEL_OF = {"llama": "demo_gguf", "mlx": "demo_mlx", "remote": "demo_gguf", "child": "demo_gguf"}
 
 
 @pytest.fixture(params=list(MODEL_OF))
@@ -67,6 +68,8 @@ def make_engine(request):
             if request.param == "remote":
                 local = stack.enter_context(contextlib.closing(load(path, Plan(n_ctx=n_ctx), engine="llama")))
                 return stack.enter_context(contextlib.closing(connect(stack.enter_context(served(local)))))
+            if request.param == "child":
+                return stack.enter_context(contextlib.closing(load(path, Plan(n_ctx=n_ctx), isolated=True)))
             return stack.enter_context(contextlib.closing(load(path, Plan(n_ctx=n_ctx), engine=request.param)))
 
         yield make
@@ -226,3 +229,12 @@ def mlx_repo(hub_root, demo_mlx):
             os.symlink(os.path.join(demo_mlx, name), repo / name)
     (repo / "README.md").write_text("# not needed to run\n")
     return repo
+
+
+def crash_in(monkeypatch, tmp_path, where: str, how: str = "segv") -> None:
+    """Arm the engine process's test-only crash hook (backends/child.py) for engine processes
+    started from now, in this process and in the roost commands it runs: the first to get to
+    `where` (load, prefill, stream:N) dies `how` (segv, abort, kill); those after it live."""
+    monkeypatch.setenv("ROOST_TEST_CRASH", where)
+    monkeypatch.setenv("ROOST_TEST_CRASH_HOW", how)
+    monkeypatch.setenv("ROOST_TEST_CRASH_ONCE", str(tmp_path / "crashed"))

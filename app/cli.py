@@ -360,7 +360,7 @@ def cmd_chat(args) -> int:
         app = RoostApp(lambda: remote, f"{remote.model} at {remote.host}", params, system=args.system)
     else:
         path, name, plan, engine, _ = _loading_plan(args)
-        app = RoostApp(lambda: load(path, plan, engine=engine), name, params, system=args.system)
+        app = RoostApp(lambda: load(path, plan, engine=engine, isolated=True), name, params, system=args.system)
     app.run()
     return 0
 

@@ -80,7 +80,7 @@ class RoostApp(App):
             return
         engine = self.engine_name
         self.model_name = self.sub_title = name
-        chat = ChatScreen(lambda: load(path, plan, engine=engine), self.params, self.system, name)
+        chat = ChatScreen(lambda: load(path, plan, engine=engine, isolated=True), self.params, self.system, name)
         if isinstance(self.screen, ChatScreen):  # picked from a chat: the new one replaces it
             self.switch_screen(chat)
         else:

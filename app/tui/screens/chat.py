@@ -20,6 +20,7 @@ from textual.widgets import Footer, Header, Markdown, Static
 
 from roost import history
 from roost.backends.base import Cancel, Done, Engine, EngineInfo, Params, Token
+from roost.errors import EngineCrashed
 from roost.session import Session
 from roost.tui.screens.history import HistoryScreen
 from roost.tui.screens.settings import SettingsScreen
@@ -48,6 +49,7 @@ class ChatScreen(Screen):
         self.cancel = Cancel()
         self.generating = False
         self.rates: list[float] = []
+        self.crash: EngineCrashed | None = None  # the engine's process died: the next question loads it again
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -63,27 +65,53 @@ class ChatScreen(Screen):
     def load(self) -> None:
         try:
             engine = self.load_engine()
+        except EngineCrashed as e:
+            self.app.call_from_thread(self._crashed, None, e)
+            return
         except Exception as e:  # shown where the user looks, not as a traceback
             self.app.call_from_thread(self.query_one(StatusBar).show_text, f"could not load the model: {e}")
             return
         self.app.call_from_thread(self._loaded, engine)
 
-    def _loaded(self, engine: Engine) -> None:
-        self.engine = engine
-        self.session = Session(engine, self.params, system=self.system)
+    def _loaded(self, engine: Engine, again: bool = False) -> None:
+        """The model is loaded: at the start, or again after its process crashed (the
+        conversation goes on, its history prefilled anew)."""
+        first = self.engine_info is None
+        old, self.engine, self.crash = self.engine, engine, None
+        if old is not None and old is not engine:
+            old.close()
+        if self.session is None:
+            self.session = Session(engine, self.params, system=self.system)
+        self.session.engine = engine
         prompt = self.query_one(PromptArea)
         prompt.disabled = False
         prompt.placeholder = "Ask something (Enter to send, Ctrl+J for a new line, Esc to stop)"
         prompt.focus()
         self.engine_info = info = engine.info()  # fixed once loaded; read on every redraw
         status = self.query_one(StatusBar)
-        status.show_text(f"{info.engine} on {info.device} · ready")
-        status.show_context(0, info.n_ctx)
+        status.show_text(f"{info.engine} on {info.device} · {'loaded again after the crash' if again else 'ready'}")
+        if again:
+            self.notify("The engine crashed before: the model was loaded again")
+        else:
+            status.show_context(0, info.n_ctx)
         self._show_memory()
-        self.set_interval(1.0, self._show_memory)
+        if first:
+            self.set_interval(1.0, self._show_memory)
+
+    def _crashed(self, engine: Engine | None, error: EngineCrashed) -> None:
+        """The engine's process died (at load, mid-answer, or idle): one line in the status
+        bar; the conversation stays, and the next question loads the model again."""
+        if engine is not self.engine:  # an old engine's news, after a reload
+            return
+        self.crash = error
+        self.query_one(StatusBar).show_text(f"{error}; your next question loads the model again")
+        prompt = self.query_one(PromptArea)
+        prompt.disabled = False
+        prompt.placeholder = "Ask again: the model loads anew"
+        prompt.focus()
 
     def _show_memory(self) -> None:
-        if self.engine is not None:
+        if self.engine is not None and self.crash is None:
             self._read_memory(self.engine)
 
     @work(thread=True, exclusive=True, group="memory")
@@ -91,7 +119,11 @@ class ChatScreen(Screen):
         """Off the event loop: a remote engine's reading is an HTTP request."""
         from roost import hardware
 
-        reading = engine.memory()
+        try:
+            reading = engine.memory()
+        except EngineCrashed as e:  # found dead between answers (the out-of-memory killer, say)
+            self.app.call_from_thread(self._crashed, engine, e)
+            return
         gpus = self.engine_info.device == "CUDA"  # NVML is asked only where the model is on one
         free = None if reading.host else hardware.free_memory(gpus=gpus)  # this machine's is beside the point
         self.app.call_from_thread(self.query_one(StatusBar).show_memory, reading, free)
@@ -104,9 +136,11 @@ class ChatScreen(Screen):
 
     def on_prompt_area_submitted(self, event: PromptArea.Submitted) -> None:
         text = event.value.strip()
-        if not text or self.generating or self.session is None:
+        if not text or self.generating or (self.session is None and self.crash is None):
             return
         event.prompt.value = ""
+        if self.session is None:  # the engine crashed as it loaded: this question loads it again
+            self.session = Session(self.engine, self.params, system=self.system)
         if self.session.saved is None:  # a conversation is saved from its first question on
             self.session.saved = history.Conversation.create(self.model_name, self.system)
         event.prompt.remember(text)
@@ -118,7 +152,7 @@ class ChatScreen(Screen):
         self.generating = True
         self.cancel = Cancel()
         self.rates = []
-        self.generate(text, answer)
+        self.generate(text, answer, reload=self.crash is not None)
 
     class Arrived(Message):
         """Tokens for the answer on screen, with the engine's clock at the last one."""
@@ -133,11 +167,15 @@ class ChatScreen(Screen):
             self.answer, self.done, self.error = answer, done, error
 
     @work(thread=True, exclusive=True, group="generate")
-    def generate(self, text: str, answer: Markdown) -> None:
+    def generate(self, text: str, answer: Markdown, reload: bool = False) -> None:
         # post_message hands over and returns at once: the engine never waits for drawing
         # (call_from_thread would block this thread until the screen had redrawn).
         pending, last_flush, last = [], 0.0, None  # the first token is drawn at once
         try:
+            if reload:
+                self.app.call_from_thread(self.query_one(StatusBar).show_text,
+                                          "the engine crashed before: loading the model again…")
+                self.app.call_from_thread(self._loaded, self.load_engine(), True)
             for event in self.session.send(text, self.cancel):
                 if isinstance(event, Token):
                     pending.append(event.text)
@@ -150,6 +188,8 @@ class ChatScreen(Screen):
                         self.post_message(self.Arrived(answer, "".join(pending), last))
                     self.post_message(self.Finished(answer, event))
         except Exception as e:
+            if pending:  # what came before it stays on screen
+                self.post_message(self.Arrived(answer, "".join(pending), last))
             self.post_message(self.Finished(answer, None, e))
 
     async def on_chat_screen_arrived(self, message: Arrived) -> None:
@@ -167,6 +207,12 @@ class ChatScreen(Screen):
 
     def on_chat_screen_finished(self, message: Finished) -> None:
         self.generating = False
+        if isinstance(message.error, EngineCrashed):  # what came stays on screen, marked
+            if not message.answer.source:
+                message.answer.update("*no answer: the engine crashed*")
+            message.answer.add_class("error")
+            self._crashed(self.engine, message.error)
+            return
         if message.error is not None:
             message.answer.update(f"*{message.error}*")
             message.answer.add_class("error")

@@ -40,6 +40,8 @@ class StatusBar(Horizontal):
         gpu = "Metal" if free is not None and free.unified else "VRAM"
         vram = f" · {gpu} {size(reading.device_used_bytes)}" if reading.device_used_bytes else ""
         rss = f"RSS {size(reading.rss_bytes)}" if reading.rss_bytes is not None else "memory n/a"
+        if reading.app_rss_bytes is not None:  # the engine in a process of its own: the app's apart
+            rss += f" + app {size(reading.app_rss_bytes)}"
         where = f"{reading.host}: " if reading.host else ""
         here = ""
         if free is not None:

@@ -375,7 +375,7 @@ def cmd_serve(args) -> int:
     api_key = _api_key(args)
     sock = server.listen(args.host, args.port)  # a taken port is said before minutes of loading
     path, _, plan, engine_name, _ = _loading_plan(args)
-    engine = load(path, plan, engine=engine_name)
+    engine = load(path, plan, engine=engine_name, isolated=True)
     given = args.model
     model_id = args.name or (os.path.basename(os.path.normpath(given)).removesuffix(".gguf")
                              if os.path.exists(given) else given)

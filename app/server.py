@@ -4,6 +4,11 @@ Starlette routes and uvicorn serves; this module holds only what sits between HT
 the Engine: one generation at a time with a bounded queue, the engine's blocking
 stream run on its own thread and handed to the event loop, and a client that goes
 away turned into a Cancel, so the engine is free for the next request within a token.
+
+The engine runs in a process of its own (backends/child.py). When that process dies, the
+answers in flight get 500 `engine_crashed`, the engine is loaded again in a new process,
+requests meanwhile get 503 with Retry-After (and /health says "loading"), then it serves
+again.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from starlette.routing import Route
 
 from roost import __version__, openai_api
 from roost.backends.base import Cancel, Done, Engine, Event, Token
-from roost.errors import ContextOverflow, RoostError, TemplateError, UsageError
+from roost.errors import ContextOverflow, EngineCrashed, RoostError, TemplateError, UsageError
 from roost.openai_api import ApiError
 
 MAX_BODY = 32 * 2**20  # far beyond any context; a guard against memory, not a limit on prompts
@@ -67,6 +72,7 @@ class Counters:
     def __init__(self) -> None:
         self.started = time.time()
         self.answered = self.cancelled = self.refused = self.failed = 0
+        self.crashes = 0  # times the engine's process died
         self.last = None  # the Stats of the last answer
 
     def count(self, done: Done) -> None:
@@ -87,6 +93,9 @@ class Server:
         self.gate = Gate(queue)
         self.counters = Counters()
         self.running: set[Cancel] = set()
+        self.state = "ok"  # "loading": again, after a crash; "crashed": and that failed too (the next request retries)
+        self.crash: str | None = None  # the last crash, as said
+        self._state_lock = threading.Lock()
         guarded = self._guarded
         self.app = Starlette(
             routes=[
@@ -103,6 +112,46 @@ class Server:
         """Cancel every running answer: the server is going down."""
         for cancel in list(self.running):
             cancel.set()
+
+    # -- the engine's process dying -------------------------------------------------------
+
+    def _crashed(self, error: EngineCrashed) -> None:
+        """The engine's process died: load the model again in a new one. Any thread may
+        find it dead (an answer, a memory reading); the first to tell starts the reload."""
+        with self._state_lock:
+            if self.state != "ok" or getattr(self.engine, "alive", False):  # known, or old news
+                return
+            self.counters.crashes += 1
+            self.crash = str(error)
+            log.error("%s; loading the model again", error)
+        self._reload()
+
+    def _reload(self) -> None:
+        with self._state_lock:
+            if self.state == "loading":
+                return
+            self.state = "loading"
+        threading.Thread(target=self._load_again, name="roost-reload", daemon=True).start()
+
+    def _load_again(self) -> None:
+        try:
+            self.engine.restart()
+            self.info = self.engine.info()
+        except Exception as e:  # it crashed loading too: the next request tries again
+            log.error("could not load the model again: %s", e)
+            self.crash, self.state = str(e), "crashed"
+            return
+        log.warning("the model is loaded again; serving")
+        self.state = "ok"
+
+    def _check_ready(self) -> None:
+        """While the engine loads again after a crash: 503, come back shortly."""
+        if self.state == "ok":
+            return
+        if self.state == "crashed":
+            self._reload()
+        raise ApiError(503, f"the model is loading again after the engine crashed ({self.crash}); retry shortly",
+                       type="server_error", code="engine_loading")
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -154,6 +203,7 @@ class Server:
         loop = asyncio.get_running_loop()
         cancel = Cancel()
         events: asyncio.Queue = asyncio.Queue()
+        self._check_ready()
         watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
         try:
             await self.gate.enter()
@@ -164,6 +214,12 @@ class Server:
             self.gate.leave()
             self.counters.cancelled += 1
             return
+        try:
+            self._check_ready()  # the engine crashed while this one waited its turn
+        except ApiError:
+            self.gate.leave()
+            watcher.cancel()
+            raise
 
         def put(item) -> None:
             try:
@@ -177,6 +233,9 @@ class Server:
                     if isinstance(event, Done):
                         self.counters.count(event)
                     put(event)
+            except EngineCrashed as e:  # the reload starts before the next request gets its turn
+                self._crashed(e)
+                put(e)
             except BaseException as e:  # handed to the request, which answers with it
                 put(e)
             finally:
@@ -201,22 +260,34 @@ class Server:
     # -- routes ---------------------------------------------------------------------------
 
     async def health(self, request: Request):
-        return JSONResponse({"status": "ok", "model": self.model_id, "busy": self.gate.busy,
-                             "waiting": self.gate.waiting})
+        """"ok"; or "loading" (the model, again after a crash) or "crashed" (and that
+        failed), both 503 with Retry-After, as load balancers expect."""
+        body = {"status": self.state, "model": self.model_id, "busy": self.gate.busy, "waiting": self.gate.waiting,
+                "crashes": self.counters.crashes}
+        if self.state == "ok":
+            return JSONResponse(body)
+        return JSONResponse({**body, "crash": self.crash}, status_code=503, headers={"Retry-After": "1"})
 
     async def models(self, request: Request):
         return JSONResponse({"object": "list", "data": [
             {"id": self.model_id, "object": "model", "created": int(self.counters.started), "owned_by": "roost"}]})
 
     async def metrics(self, request: Request):
-        reading = await anyio.to_thread.run_sync(self.engine.memory)
+        reading = None
+        if self.state == "ok":
+            try:
+                reading = (await anyio.to_thread.run_sync(self.engine.memory)).as_dict()
+            except EngineCrashed as e:  # found dead between answers
+                self._crashed(e)
         c = self.counters
         return JSONResponse({
             "roost": __version__,
             "model": self.model_id,
             "uptime_s": round(time.time() - c.started, 3),
+            "state": self.state,
+            "crashes": c.crashes,
             "engine": self.info.as_dict(),
-            "memory": reading.as_dict(),
+            "memory": reading,
             "requests": {"running": int(self.gate.busy), "waiting": self.gate.waiting, "answered": c.answered,
                          "cancelled": c.cancelled, "refused": c.refused, "failed": c.failed},
             "last": c.last.as_dict() if c.last else None,
@@ -240,18 +311,17 @@ class Server:
             first = await anext(events)
         except StopAsyncIteration:  # the client is gone
             return Response(status_code=499)
-        except ContextOverflow as e:
-            raise ApiError(400, str(e), code="context_length_exceeded", param="messages") from None
-        except (TemplateError, UsageError) as e:
-            raise ApiError(400, str(e)) from None
         except RoostError as e:
-            raise ApiError(500, str(e), type="server_error") from None
+            raise _api_error(e) from None
         if req.stream:
             return StreamingResponse(self._sse(first, events, shape, req.include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         done = first
-        async for done in events:
-            pass
+        try:
+            async for done in events:
+                pass
+        except RoostError as e:
+            raise _api_error(e) from None
         return JSONResponse(shape.whole(done))
 
     async def _sse(self, first: Event, events: AsyncIterator[Event], shape, include_usage: bool):
@@ -270,8 +340,21 @@ class Server:
             try:
                 event = await anext(events)
             except RoostError as e:  # after the status line: OpenAI's way is an error event
-                yield openai_api.sse(ApiError(500, str(e), type="server_error").body())
+                self.counters.failed += 1
+                yield openai_api.sse(_api_error(e).body())
                 return
+
+
+def _api_error(error: RoostError) -> ApiError:
+    """An engine's error as the OpenAI API says it."""
+    if isinstance(error, ContextOverflow):
+        return ApiError(400, str(error), code="context_length_exceeded", param="messages")
+    if isinstance(error, (TemplateError, UsageError)):
+        return ApiError(400, str(error))
+    if isinstance(error, EngineCrashed):
+        return ApiError(500, f"{error}; the server is loading the model again: retry shortly", type="server_error",
+                        code="engine_crashed")
+    return ApiError(500, str(error), type="server_error")
 
 
 async def _cancel_on_disconnect(request: Request, cancel: Cancel) -> None:

@@ -17,7 +17,7 @@ import openai
 import psutil
 import pytest
 
-from conftest import ROOT, one_line, roost, served
+from conftest import ROOT, crash_in, one_line, roost, served
 from pilot import ask_and_wait, drive, until
 from replay import ReplayEngine
 from roost.backends import connect, load
@@ -341,8 +341,8 @@ def test_soak_keeps_memory_flat(demo_gguf):
                 assert r.choices[0].message.content
             else:
                 assert list(api.chat.completions.create(model="demo", messages=question, max_tokens=4, stream=True))
-            if i in (49, 199):
-                rss.append(process.memory_info().rss)
+            if i in (49, 199):  # the server and its engine's process
+                rss.append(sum(p.memory_info().rss for p in (process, *process.children())))
         assert rss[1] - rss[0] < 16 * 2**20, [f"{x / 2**20:.1f} MiB" for x in rss]
     finally:
         server.stop()
@@ -421,3 +421,76 @@ def test_remote_engine_on_another_server_measures_at_the_client(other_server):
         engine.close()
     result = roost("run", "--remote", other_server, "What is the capital of Japan?", "-t", "0", "--stats")
     assert "Tokyo" in result.stdout and "peak memory n/a" in result.stderr and "context " in result.stderr
+
+
+# -- the engine's process dying ------------------------------------------------------------
+# Real crashes in the engine's own process, through its test-only hook (backends/child.py).
+
+
+def _loaded_again(url, timeout=120):
+    """/health while the model loads again: 503 "loading" with Retry-After; then "ok"."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx2.get(url + "/health", timeout=10)
+        seen.append(r.json()["status"])
+        if r.status_code == 200:
+            return seen
+        assert r.status_code == 503 and r.headers["Retry-After"] and r.json()["crash"], r.text
+        assert time.monotonic() < deadline, "the model was not loaded again"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("stream, where, how", [(False, "stream:3", "segv"), (True, "stream:3", "kill"),
+                                                (True, "prefill", "abort")])
+def test_an_engine_crash_is_a_500_then_503_while_it_loads_again_then_served(demo_gguf, monkeypatch, tmp_path,
+                                                                            stream, where, how):
+    crash_in(monkeypatch, tmp_path, where, how)
+    engine = load(demo_gguf, Plan(n_ctx=512), isolated=True)
+    signal_name = {"segv": "SIGSEGV", "abort": "SIGABRT", "kill": "SIGKILL"}[how]
+    try:
+        with served(engine, api_key=KEY) as url:
+            api = client(url)
+            asked = dict(model="demo", messages=CAPITAL, temperature=0, max_tokens=30)
+            with pytest.raises(openai.APIError) as err:
+                if stream:
+                    for _ in api.chat.completions.create(**asked, stream=True):
+                        pass
+                else:
+                    api.chat.completions.create(**asked)
+            # In flight: a 500 in OpenAI's shape (an error event once a stream has begun).
+            assert err.value.code == "engine_crashed" and f"the engine crashed ({signal_name}" in err.value.message
+            if where == "prefill":
+                assert isinstance(err.value, openai.InternalServerError)
+            # While it loads again: 503 with Retry-After, and /health says so.
+            busy = post(url, {**asked, "stream": stream})
+            assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+            assert busy.json()["error"]["code"] == "engine_loading"
+            assert _loaded_again(url)[0] == "loading"
+            # Then it serves again, from a new process.
+            again = api.chat.completions.create(**asked)
+            assert "Tokyo" in again.choices[0].message.content
+            m = metrics(url)
+            assert m["state"] == "ok" and m["crashes"] == 1 and m["requests"]["failed"] == 1
+            assert m["memory"]["rss_bytes"] > 50 * 2**20 and m["memory"]["app_rss_bytes"] > 0
+    finally:
+        engine.close()
+
+
+def test_roost_serve_runs_its_engine_in_a_process_that_may_crash(demo_gguf, monkeypatch, tmp_path):
+    crash_in(monkeypatch, tmp_path, "stream:2", "segv")
+    server = Serve("demo", "--port", "0", "--ctx", "512")
+    try:
+        engines = psutil.Process(server.proc.pid).children()
+        assert len(engines) == 1 and "roost.backends.child" in " ".join(engines[0].cmdline())
+        r = post(server.url, {"model": "demo", "messages": CAPITAL, "temperature": 0, "max_tokens": 30})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "engine_crashed", r.text
+        _loaded_again(server.url)
+        r = post(server.url, {"model": "demo", "messages": CAPITAL, "temperature": 0, "max_tokens": 30})
+        assert r.status_code == 200 and "Tokyo" in r.json()["choices"][0]["message"]["content"]
+        assert [p.pid for p in psutil.Process(server.proc.pid).children()] != [engines[0].pid]
+    finally:
+        code, err = server.stop()
+    assert code == 130 and "Traceback" not in err
+    assert "the engine crashed (SIGSEGV) while answering; loading the model again" in err
+    assert "the model is loaded again; serving" in err

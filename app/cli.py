@@ -477,6 +477,7 @@ def _eval_models(args, ctx: int | None):
     import time
 
     from roost.backends import connect, load
+    from roost.errors import EngineCrashed
 
     prepared = []
     from roost.report import labels
@@ -489,11 +490,20 @@ def _eval_models(args, ctx: int | None):
             prepared.append((spec, name, path, plan, engine_name))
     for spec, name, path, plan, engine_name in prepared:
         started = time.perf_counter()
-        engine = connect(spec, None, _api_key(args)) if path is None else load(path, plan, engine=engine_name)
         try:
-            yield name, path, engine, time.perf_counter() - started
+            engine = (connect(spec, None, _api_key(args)) if path is None
+                      else load(path, plan, engine=engine_name, isolated=True))
+        except EngineCrashed as crash:
+            yield name, path, None, None, crash
+            continue
+        try:
+            yield name, path, engine, time.perf_counter() - started, None
         finally:
             engine.close()
+
+
+def _crashed(name: str, why: str) -> None:
+    print(f"roost: {name}: {why}; left out, going on", file=sys.stderr, flush=True)
 
 
 def _progress(args, text: str) -> None:
@@ -509,31 +519,43 @@ def _eval_set(args) -> int:
 
     set_name, items = eval_set.load(args.set)  # a bad line is found before any model loads
     items = items[: args.limit]
-    runs, checks = [], []
+    runs, checks = [], {}
     cancel = Cancel()
     with _first_interrupt_cancels(cancel):
-        for name, path, engine, load_s in _eval_models(args, args.ctx):
-            _progress(args, f"{name}: {len(items)} items…")
-            run = evaluate.run(engine, items, model=name, set_name=set_name, load_s=load_s, cancel=cancel)
+        for name, path, engine, load_s, crash in _eval_models(args, args.ctx):
+            if crash is not None:
+                run = evaluate.ModelResult(name, "?", "?", set_name, crashed=str(crash))
+            else:
+                _progress(args, f"{name}: {len(items)} items…")
+                run = evaluate.run(engine, items, model=name, set_name=set_name, load_s=load_s, cancel=cancel)
             runs.append(run)
-            if args.golden or args.golden_update:
+            if run.crashed:
+                _crashed(name, run.crashed)
+            elif args.golden or args.golden_update:
                 model_id = golden.identity(path) if path else f"{engine.url} {engine.model}"
-                checks.append(_golden(args, model_id, run, items, engine.info()))
-    changes = [evaluate.changes(runs[0], r) for r in runs[1:]]
-    for run in runs:
+                checks[id(run)] = _golden(args, model_id, run, items, engine.info())
+    finished = [r for r in runs if not r.crashed]  # a crashed model's answers stop short: not compared
+    changes = [evaluate.changes(finished[0], r) for r in finished[1:]]
+    for run in finished:
         results.remember("eval", run.as_dict(answers=False))
+    code = 1 if len(finished) < len(runs) else 0
     if args.json:
         models = [r.as_dict() for r in runs]
-        for model, check in zip(models, checks):
-            model["golden"] = check
+        for model, run in zip(models, runs):
+            if id(run) in checks:
+                model["golden"] = checks[id(run)]
         print(json.dumps({"set": set_name, "items": len(items), "models": models,
                           "changes": [asdict(c) for c in changes]}, indent=2, ensure_ascii=False))
-        return 0
+        return code
     if args.answers:
-        for run in runs:
+        for run in finished:
             print(report.answers(run, items) + "\n")
-    print(report.evaluation(runs, changes, set_name))
-    return 0
+    if finished:
+        print(report.evaluation(finished, changes, set_name))
+    for run in runs:
+        if run.crashed:
+            print(f"{run.model}: left out: {run.crashed}")
+    return code
 
 
 def _golden(args, model_id: str, run, items, info) -> dict:
@@ -559,6 +581,7 @@ def _golden(args, model_id: str, run, items, info) -> dict:
 def _eval_perplexity(args) -> int:
     from roost import perplexity, report, results
     from roost.backends.base import Cancel
+    from roost.errors import EngineCrashed
 
     servers = [m for m in args.models if m.startswith(("http://", "https://"))]
     if servers:
@@ -572,15 +595,22 @@ def _eval_perplexity(args) -> int:
     except (IsADirectoryError, UnicodeDecodeError):
         raise UsageError(f"{args.ppl} is not a UTF-8 text file") from None
     ctx = args.ctx or PPL_CTX
-    scores, reference = [], None
+    scores, reference, crashed = [], None, 0
     cancel = Cancel()
     try:
         with _first_interrupt_cancels(cancel):
-            for name, _, engine, _ in _eval_models(args, ctx):
-                score, kept = perplexity.score(
-                    engine, text, ctx, model=name, text_name=args.ppl, limit=args.chunks, reference=reference,
-                    keep=reference is None and len(args.models) > 1, cancel=cancel,
-                    on_chunk=lambda i, n, name=name: _progress(args, f"{name}: chunk {i + 1}/{n}…"))
+            for name, _, engine, _, crash in _eval_models(args, ctx):
+                try:
+                    if crash is not None:
+                        raise crash
+                    score, kept = perplexity.score(
+                        engine, text, ctx, model=name, text_name=args.ppl, limit=args.chunks, reference=reference,
+                        keep=reference is None and len(args.models) > 1, cancel=cancel,
+                        on_chunk=lambda i, n, name=name: _progress(args, f"{name}: chunk {i + 1}/{n}…"))
+                except EngineCrashed as e:  # the next model scores (and is the reference, if none is yet)
+                    _crashed(name, str(e))
+                    crashed += 1
+                    continue
                 reference = reference or kept
                 scores.append(score)
     finally:
@@ -588,8 +618,9 @@ def _eval_perplexity(args) -> int:
             reference.close()
     for score in scores:
         results.remember("perplexity", score.as_dict())
-    print(json.dumps([s.as_dict() for s in scores], indent=2) if args.json else report.perplexity(scores))
-    return 0
+    if scores or args.json:
+        print(json.dumps([s.as_dict() for s in scores], indent=2) if args.json else report.perplexity(scores))
+    return 1 if crashed else 0
 
 
 def cmd_fit(args) -> int:
@@ -814,8 +845,14 @@ def cmd_doctor(args) -> int:
         gbs = bandwidth.measure(hardware.default_threads())
         where = bandwidth.save_measured(gbs)
         print(f"measured CPU memory bandwidth: {gbs:.1f} GB/s (kept in {where})", file=sys.stderr)
+    tested = doctor.self_test(fresh=args.self_test)  # kept per build: it runs once for each
+    if args.self_test:
+        if not tested.ok:
+            raise RoostError(tested.line())
+        print(tested.line())
+        return 0
     machine, cuda_toolkit = doctor.here()
-    data = doctor.report(machine, cuda_toolkit)
+    data = doctor.report(machine, cuda_toolkit, tested)
     print(json.dumps(data, indent=2) if args.json else report.doctor(data, machine))
     return 0
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from roost.backends.base import Done, Engine, Message, Params
+from roost.errors import EngineCrashed
 from roost.eval_set import Item
 
 
@@ -34,6 +35,7 @@ class ModelResult:
     device_bytes: int | None = None  # GPU memory the engine holds, where known
     load_s: float | None = None
     when: float = 0.0
+    crashed: str | None = None  # the engine's process died: how, and at which item (answers: those before it)
 
     @property
     def correct(self) -> int:
@@ -75,14 +77,20 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def run(engine: Engine, items: list[Item], *, model: str, set_name: str, load_s: float | None,
         cancel=None, on_item=None) -> ModelResult:
-    """Every item, greedy; on_item(i, answer) hears each as it is scored."""
+    """Every item, greedy; on_item(i, answer) hears each as it is scored. An engine that
+    crashes ends the run there, marked crashed, with the answers it gave before."""
     info = engine.info()
     result = ModelResult(model, info.engine, info.device, set_name, load_s=load_s)
     for i, item in enumerate(items):
         messages: list[Message] = [{"role": "system", "content": item.system}] if item.system else []
         messages.append({"role": "user", "content": item.question})
         params = Params(temperature=0, seed=0, max_tokens=item.max_tokens)
-        done = next(e for e in engine.stream(messages, params, cancel) if isinstance(e, Done))
+        try:
+            done = next(e for e in engine.stream(messages, params, cancel) if isinstance(e, Done))
+            reading = engine.memory()
+        except EngineCrashed as e:
+            result.crashed = f"{e} (item {i + 1} of {len(items)}, {item.id})"
+            break
         if done.stats.stop_reason == "cancelled":
             raise KeyboardInterrupt
         stats = done.stats
@@ -90,7 +98,6 @@ def run(engine: Engine, items: list[Item], *, model: str, set_name: str, load_s:
         result.answers.append(answer)
         result.generated += max(0, stats.generated_tokens - 1)
         result.decode_s += stats.decode_s
-        reading = engine.memory()
         result.peak_rss_bytes = _most(result.peak_rss_bytes, reading.rss_bytes)
         result.device_bytes = _most(result.device_bytes, reading.device_used_bytes)
         if on_item:

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import ROOT, one_line, roost, served
+from conftest import ROOT, crash_in, one_line, roost, served
 from roost import eval_set, evaluate, perplexity
 from roost.backends import load
 from roost.backends.base import Plan
@@ -249,3 +249,38 @@ def test_ctrl_c_stops_an_eval_and_keeps_nothing():
     assert proc.returncode == 130 and "Traceback" not in err and err.strip().splitlines()[-1] == "roost: interrupted"
     data = env["ROOST_DATA_DIR"]
     assert not os.path.exists(os.path.join(data, "results.jsonl")) and not os.path.exists(os.path.join(data, "golden"))
+
+
+# -- the engine's process dying ------------------------------------------------------------
+# Real crashes in each model's own engine process, through its test-only hook (backends/child.py).
+
+
+def test_an_engine_crash_marks_that_model_crashed_and_eval_goes_on(quants, monkeypatch, tmp_path):
+    crash_in(monkeypatch, tmp_path, "stream:2", "abort")
+    result = roost("eval", "demo", quants["copy"], "--limit", "3", "--json", timeout=600)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    out = json.loads(result.stdout)
+    first, second = out["models"]
+    assert first["crashed"].startswith("the engine crashed (SIGABRT) while answering (item 1 of 3, ")
+    assert first["answers"] == [] and out["changes"] == []  # an answer cut short is not compared
+    assert second["crashed"] is None and len(second["answers"]) == 3 and second["engine"] == "llama.cpp"
+    assert f"roost: demo: {first['crashed']}; left out, going on" in result.stderr.splitlines()
+    assert [h["model"] for h in run_json("--history")["eval"]] == ["copy.Q4_1.gguf"]  # only what finished is kept
+
+
+def test_an_engine_crash_at_load_is_one_line_under_the_table(quants, monkeypatch, tmp_path):
+    crash_in(monkeypatch, tmp_path, "load", "segv")
+    result = roost("eval", "demo", quants["copy"], "--limit", "2", timeout=600)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "built-in set, 2 items" in result.stdout and "copy.Q4_1.gguf" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "demo: left out: the engine crashed (SIGSEGV) while loading the model"
+    assert "roost: demo: the engine crashed (SIGSEGV) while loading the model; left out, going on" in result.stderr
+
+
+def test_an_engine_crash_while_scoring_perplexity_goes_on_with_the_next(quants, monkeypatch, tmp_path):
+    crash_in(monkeypatch, tmp_path, "load", "kill")
+    result = roost("eval", "--ppl", TEXT, quants["copy"], "demo", "--chunks", "1", "--json", timeout=600)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    scores = json.loads(result.stdout)
+    assert [s["model"] for s in scores] == ["demo"] and scores[0]["ppl"] > 1
+    assert "roost: copy.Q4_1.gguf: the engine crashed (SIGKILL" in result.stderr

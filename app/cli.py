@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check this machine and roost's engines", description="The machine, the engines that can run here, and fixes for common mismatches.")
     doctor.add_argument("--measure", action="store_true", help="measure CPU memory bandwidth (a few seconds) and keep it for speed predictions")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--self-test", action="store_true",
+                        help="run the engine's self-test afresh (the demo model, in a process of its own) and print "
+                             "only its result; exits 1 if the engine crashed")
     doctor.set_defaults(handler=cmd_doctor)
     return parser
 

@@ -3,7 +3,10 @@ between their hardware and the builds they installed."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, replace
 
 from roost import engine_build
 from roost.hardware import Machine
@@ -34,7 +37,7 @@ def mlx_status(machine: Machine) -> EngineStatus:
     llama.cpp, so it is offered there but never chosen by default."""
     from roost.mlx_models import unavailable
 
-    why = unavailable()
+    why = unavailable(machine)
     if why:
         return EngineStatus("mlx", False, why if machine.apple else "for Apple Silicon")
     from importlib.metadata import version
@@ -42,6 +45,111 @@ def mlx_status(machine: Machine) -> EngineStatus:
     if machine.apple is None:
         return EngineStatus("mlx", True, f"mlx-lm {version('mlx-lm')}, CPU build (llama.cpp is faster here)")
     return EngineStatus("mlx", True, f"mlx-lm {version('mlx-lm')}", True)
+
+
+# A prompt of well over 64 tokens, evaluated in one batch as any chat's first turn is:
+# where a CPU kernel crashes (llama.cpp's AMX path did), it crashes here.
+SELF_TEST_PROMPT = "Here is a list of the planets of the solar system, with a few words on each. " + " ".join(
+    f"{name} is planet number {i} from the Sun." for i, name in enumerate(
+        ("Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune"), 1))
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    ok: bool
+    detail: str  # "ok (31.2 tok/s)", or what killed the engine
+    build: str  # the llama-cpp-python release and build it was run on
+    fix: str = ""  # the command that should make it pass, where one is known
+
+    def line(self) -> str:
+        return f"engine self-test: {self.detail}" + (f"; fix: {self.fix}" if self.fix else "")
+
+
+def self_test(fresh: bool = False, timeout_s: float = 120.0) -> SelfTest:
+    """The installed llama.cpp run as roost runs it, in a process of its own: the demo
+    model evaluates the prompt above in one batch and decodes 8 tokens. A crash there
+    is a signal named here, never a dead roost. Kept per llama-cpp-python release and
+    build, so `roost doctor` runs it once per build."""
+    from roost.backends.llama_cpp import build_info
+
+    system = build_info()[2]
+    key = f"{engine_build.llama_version()} | {system}"
+    kept = _kept_self_tests()
+    if not fresh and key in kept:
+        return SelfTest(**kept[key])
+    result = _run_self_test(key, timeout_s)
+    if os.environ.get("ROOST_TEST_CRASH") is None:  # a crash made on purpose is not this build's
+        from roost import results
+
+        results.write_json(_self_test_file(), {**kept, key: asdict(result)})
+    return result
+
+
+def _run_self_test(build: str, timeout_s: float) -> SelfTest:
+    from roost import catalog
+    from roost.backends.base import Done, Params, Plan
+    from roost.backends.child import ChildEngine
+    from roost.errors import EngineCrashed, RoostError
+
+    outcome: list = []
+    engines: list = []
+
+    def run() -> None:
+        try:
+            engine = ChildEngine(catalog.demo_model_path(), Plan(n_ctx=512, n_batch=512), "llama")
+            engines.append(engine)
+            try:
+                done = [e for e in engine.complete(SELF_TEST_PROMPT, Params(max_tokens=8, temperature=0))
+                        if isinstance(e, Done)]
+            finally:
+                engine.close()
+            outcome.append(done[0].stats)
+        except (EngineCrashed, RoostError) as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        for engine in engines:
+            engine.close()
+        return SelfTest(False, f"the engine hung for {timeout_s:.0f} s on a {len(SELF_TEST_PROMPT.split())}-word prompt",
+                        build, _rebuild_line())
+    result = outcome[0]
+    if isinstance(result, EngineCrashed):
+        return SelfTest(False, str(result), build, _rebuild_line())
+    if isinstance(result, Exception):
+        return SelfTest(False, f"the engine failed: {result}", build)
+    if result.prompt_tokens < 64 or result.generated_tokens < 1:
+        return SelfTest(False, f"the engine read {result.prompt_tokens} prompt tokens and wrote "
+                               f"{result.generated_tokens}", build)
+    return SelfTest(True, f"ok ({result.prompt_tokens}-token prompt at {result.prefill_tps:,.0f} tok/s, "
+                          f"decoding at {result.decode_tps:,.1f} tok/s)", build)
+
+
+def _rebuild_line() -> str:
+    """llama-cpp-python rebuilt for this CPU without AMX (and for its GPU, if it has one)."""
+    from importlib.metadata import version
+
+    build = engine_build.choose(engine_build.probe())
+    args = build.fallback_args or build.cmake_args
+    if not args:
+        return ""
+    return replace(build, cmake_args=args).pip_line(f"llama-cpp-python=={version('llama-cpp-python')}")
+
+
+def _self_test_file() -> str:
+    from roost.history import data_dir
+
+    return os.path.join(data_dir(), "engine-self-test.json")
+
+
+def _kept_self_tests() -> dict:
+    try:
+        with open(_self_test_file()) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def wanted_build(machine: Machine, cuda_toolkit: str | None) -> engine_build.Build:
@@ -52,6 +160,8 @@ def wanted_build(machine: Machine, cuda_toolkit: str | None) -> engine_build.Bui
         gpus=tuple((g.name, g.compute_capability) for g in machine.gpus),
         nvcc=cuda_toolkit,
         rosetta=machine.rosetta,
+        cpu_flags=machine.cpu_flags,
+        llama_version=engine_build.llama_version(),
     )
     return engine_build.choose(facts)
 
@@ -68,6 +178,13 @@ def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus, build: engi
                        f"{engine_build.DEVICE[build.name]}: {line} (or run packaging/install.sh in roost's checkout)")
         elif idle:
             out.extend(f"{idle} is idle: {w}" for w in build.warnings)
+    if llama.available and (issue := engine_build.amx_crash(machine.cpu_flags, engine_build.llama_version())):
+        from roost.backends.llama_cpp import build_info
+
+        if "AMX_INT8 = 1" in build_info()[2]:
+            out.append(f"this CPU's AMX crashes llama.cpp in this llama-cpp-python ({issue}), and it was built "
+                       "with AMX: roost loads models with llama.cpp's extra buffer types off, which also turns "
+                       f"off weight repacking (slower). Rebuild it without AMX: {build.pip_line()}")
     if machine.apple and not mlx.available:
         out.append(f"MLX, the faster engine on Apple Silicon, cannot run: {mlx.detail}")
     if not llama.available:
@@ -94,11 +211,12 @@ def findings(machine: Machine, cuda_toolkit: str | None = None):
     return llama, mlx, build, advice(machine, llama, mlx, build)
 
 
-def report(machine: Machine, cuda_toolkit: str | None = None) -> dict:
+def report(machine: Machine, cuda_toolkit: str | None = None, tested: SelfTest | None = None) -> dict:
     llama, mlx, build, said = findings(machine, cuda_toolkit)
     return {
         "machine": machine.as_dict(),
         "engines": [asdict(llama), asdict(mlx)],
         "build": {"wanted": build.name, "why": build.why, "cmake_args": build.cmake_args},
+        "self_test": asdict(tested) if tested else None,
         "advice": said,
     }

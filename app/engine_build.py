@@ -40,6 +40,20 @@ DEVICE = {"cuda": "CUDA", "metal": "Metal"}
 BACKEND_NAMES = {"CUDA": ("CUDA",), "Metal": ("MTL", "Metal"), "ROCm": ("ROCm", "HIP"),
                  "Vulkan": ("Vulkan",), "SYCL": ("SYCL",)}
 
+# Native crashes of llama.cpp's CPU backend, by the llama-cpp-python release that vendors
+# them. Its AMX matmul kernels (Intel Xeon from Sapphire Rapids on: amx_int8 in
+# /proc/cpuinfo) segfault on any prompt evaluated in one batch with Q4_1 or Q8_0 weights
+# (ggml-org/llama.cpp#20824, open; ollama#17205 has every model crash on AWS m7i). A
+# release with the fix gets no row, and roost uses AMX again there.
+AMX_CRASHES = {"0.3.36": "ggml-org/llama.cpp#20824"}
+# The x86 extensions llama.cpp builds kernels for, by /proc/cpuinfo flag: a build with
+# GGML_NATIVE off and these on has every kernel a native build would, AMX's left out.
+ISA_OPTIONS = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C",
+               "bmi2": "GGML_BMI2", "avx_vnni": "GGML_AVX_VNNI", "avx512f": "GGML_AVX512",
+               "avx512vbmi": "GGML_AVX512_VBMI", "avx512_vnni": "GGML_AVX512_VNNI",
+               "avx512_bf16": "GGML_AVX512_BF16"}
+AMX_OFF = "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+
 # sys.platform, as roost's hardware probe names systems, to platform.system()'s names.
 SYSTEMS = {"linux": "Linux", "darwin": "Darwin", "win32": "Windows"}
 
@@ -61,6 +75,8 @@ class Facts:
     nvcc: str | None = None  # the CUDA toolkit's version, "12.4"
     nvcc_path: str | None = None  # where it was found, when not on PATH
     rosetta: bool = False  # an x86_64 Python translated on Apple Silicon
+    cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo's, where the system has one
+    llama_version: str | None = None  # the llama-cpp-python release that is (or will be) installed
 
     @classmethod
     def from_recording(cls, rec: dict) -> Facts:
@@ -73,7 +89,18 @@ class Facts:
             gpus=tuple((g["name"], g.get("compute_capability")) for g in nvidia) if isinstance(nvidia, list) else (),
             nvcc=rec.get("cuda_toolkit"),
             rosetta=rec.get("sysctl", {}).get("sysctl.proc_translated") == "1",
+            cpu_flags=tuple(rec.get("cpu", {}).get("flags", ())),
+            llama_version=llama_version(),
         )
+
+    @property
+    def amx_crash(self) -> str | None:
+        return amx_crash(self.cpu_flags, self.llama_version)
+
+    def without_amx(self) -> str:
+        """CMAKE_ARGS for a CPU backend built for this CPU's extensions, AMX left out."""
+        on = [f"-D{option}=ON" for flag, option in ISA_OPTIONS.items() if flag in self.cpu_flags]
+        return " ".join(["-DGGML_NATIVE=OFF", *on, AMX_OFF])
 
 
 @dataclass(frozen=True)
@@ -84,6 +111,7 @@ class Build:
     extras: tuple[str, ...] = ()  # roost's optional extras that belong with this build
     warnings: tuple[str, ...] = field(default=())
     system: str = "Linux"  # whose shell the lines are written for
+    fallback_args: str = ""  # CMAKE_ARGS to rebuild with when the engine's self-test crashes
 
     def pip_line(self, requirement: str = "llama-cpp-python") -> str:
         """The command that rebuilds llama-cpp-python this way in the environment at hand.
@@ -118,7 +146,61 @@ def _arch(cc: str) -> str:
 
 
 def choose(facts: Facts) -> Build:
-    return replace(_choose(facts), system=facts.system)
+    return with_fallback(replace(_choose(facts), system=facts.system), facts)
+
+
+def with_fallback(build: Build, facts: Facts) -> Build:
+    """The build made safe for this CPU, with what to rebuild it as if it still crashes."""
+    if build.name == "metal" or facts.arch.lower() not in ("x86_64", "amd64") or not facts.cpu_flags:
+        return build
+    # The CPU kernels also run what a GPU build leaves on the CPU: CUDA builds too.
+    safe = f"{build.cmake_args} {facts.without_amx()}".strip()
+    if issue := facts.amx_crash:
+        # Built without AMX rather than loaded without llama.cpp's extra buffer types: the
+        # latter also turns off CPU weight repacking, which halves Q4_0 prefill and
+        # decode on an AVX-512 CPU (bench/cpu_repack.py). roost still loads an AMX build
+        # that way (one installed by uv or pipx), so it never crashes.
+        return replace(build, cmake_args=safe, warnings=build.warnings + (
+            f"this CPU has AMX, and llama.cpp's AMX path in llama-cpp-python {facts.llama_version} crashes "
+            f"on prompts ({issue}): llama.cpp is built for this CPU's AVX-512 and AVX2 without it",))
+    return replace(build, fallback_args=safe)
+
+
+def amx_crash(cpu_flags, version: str | None) -> str | None:
+    """The upstream issue, when llama.cpp's AMX path crashes on a CPU with these flags in
+    this llama-cpp-python release; else None."""
+    has_amx = bool({"amx_int8", "amx_tile"} & set(cpu_flags))
+    return AMX_CRASHES.get(version or "") if has_amx else None
+
+
+def llama_version() -> str | None:
+    """The llama-cpp-python release installed here, else the one packaging/constraints.txt
+    pins (what install.sh is about to install)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        pass
+    pins = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "packaging", "constraints.txt")
+    try:
+        with open(pins) as f:
+            found = re.search(r"^llama-cpp-python==(\S+)", f.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return found.group(1) if found else None
+
+
+def _cpu_flags() -> tuple[str, ...]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return tuple(value.split())
+    except OSError:
+        pass
+    return ()
 
 
 def _choose(facts: Facts) -> Build:
@@ -207,7 +289,7 @@ def probe() -> Facts:
     rosetta = system == "Darwin" and (_run(["sysctl", "-n", "sysctl.proc_translated"]) or "").strip() == "1"
     gpus = _nvidia_gpus() if system in ("Linux", "Windows") else ()
     nvcc, nvcc_path = find_nvcc() if gpus else (None, None)
-    return Facts(system, platform.machine(), gpus, nvcc, nvcc_path, rosetta)
+    return Facts(system, platform.machine(), gpus, nvcc, nvcc_path, rosetta, _cpu_flags(), llama_version())
 
 
 def device_of(system_info: str) -> str:
@@ -232,6 +314,9 @@ def check(build: Build) -> str | None:
 
 def mismatch(build: Build, offload: bool, system_info: str, version: str) -> str | None:
     """What check() says of a build with these readings."""
+    if "-DGGML_AMX_INT8=OFF" in build.cmake_args and "AMX_INT8 = 1" in system_info:
+        return (f"llama-cpp-python {version} was built with AMX, which crashes on this CPU; rebuild it "
+                f"without: {build.pip_line()}")
     device = DEVICE.get(build.name)
     if device and not (offload and device_of(system_info) == device):
         return (f"llama-cpp-python {version} was built without {device} "
@@ -261,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     build = choose(facts)
     if args.build and args.build != build.name:
         forced = {"cpu": "", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}[args.build]
-        build = Build(args.build, forced, f"asked for with --build (this machine suggests {build.name})",
-                      ("mlx",) if args.build == "metal" else (), system=facts.system)
+        build = with_fallback(Build(args.build, forced, f"asked for with --build (this machine suggests {build.name})",
+                                    ("mlx",) if args.build == "metal" else (), system=facts.system), facts)
 
     if args.check:
         problem = check(build)
@@ -282,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                   "(or ROOST_BUILD=cpu for a translated CPU build)", file=sys.stderr)
             return 1
         print(f"ROOST_BUILD={build.name} CMAKE_ARGS={shlex.quote(build.cmake_args)} "
-              f"ROOST_EXTRAS={shlex.quote(','.join(build.extras))}")
+              f"ROOST_EXTRAS={shlex.quote(','.join(build.extras))} "
+              f"ROOST_FALLBACK_ARGS={shlex.quote(build.fallback_args)}")
         for w in build.warnings:
             print(f"roost: {w}", file=sys.stderr)
         return 0
@@ -291,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CMAKE_ARGS: {build.cmake_args}")
     for w in build.warnings:
         print(f"note: {w}")
+    if build.fallback_args:
+        print(f"if the engine's self-test crashes here, install.sh rebuilds it with CMAKE_ARGS: {build.fallback_args}")
     print(f"rebuild llama-cpp-python where it is installed: {build.pip_line()}")
     for tool, line in build.tool_lines().items():
         print(f"install roost from this checkout with {tool}: {line}")

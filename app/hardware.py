@@ -114,9 +114,10 @@ class Machine:
     cpu_bandwidth_gbs: float | None = None  # measured by `roost doctor --measure`
     notes: tuple[str, ...] = field(default=())  # what could not be read, and why
     rosetta: bool = False  # this Python is x86_64, translated on Apple Silicon (arch is the Mac's)
+    cpu_flags: tuple[str, ...] = ()  # all of /proc/cpuinfo's, for the engine build; cpu_features shows a few
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "cpu_flags"}
 
 
 class Probe:
@@ -359,7 +360,7 @@ def detect(probe: Probe | None = None, gpus: bool = True) -> Machine:
                          "needs a native arm64 Python (python.org, Homebrew or `uv python install`)")
 
     flags = set(cpu.get("flags", ()))
-    features = [f.upper() for f in ("avx", "avx2", "avx512f", "fma", "f16c") if f in flags]
+    features = [f.upper() for f in ("avx", "avx2", "avx512f", "fma", "f16c", "amx_int8") if f in flags]
     if arch in ("arm64", "aarch64"):
         features.append("NEON")  # part of every 64-bit ARM core
     return Machine(
@@ -376,6 +377,7 @@ def detect(probe: Probe | None = None, gpus: bool = True) -> Machine:
         cpu_bandwidth_gbs=probe.measured_cpu_bandwidth(),
         notes=tuple(notes),
         rosetta=rosetta,
+        cpu_flags=tuple(sorted(flags)),
     )
 
 

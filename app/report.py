@@ -134,6 +134,9 @@ def doctor(data: dict, m: Machine) -> str:
     build = data["build"]
     args = f"; CMAKE_ARGS={build['cmake_args']}" if build["cmake_args"] else ""
     lines.append(f"build       llama.cpp for {build['wanted']} suits this machine: {build['why']}{args}")
+    if data.get("self_test"):
+        test = data["self_test"]
+        lines.append(f"self-test   {test['detail']}" + (f"; fix: {test['fix']}" if test["fix"] else ""))
     lines += [f"advice      {a}" for a in data["advice"]] or ["advice      none: this machine is set up well"]
     return "\n".join(lines)
 

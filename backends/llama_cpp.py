@@ -12,7 +12,9 @@ from __future__ import annotations
 import codecs
 import ctypes
 import re
+import threading
 from collections import deque
+from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import llama_cpp
@@ -93,6 +95,41 @@ def build_info() -> tuple[bool, str, str]:
     return offload, engine_build.device_of(system), system
 
 
+def amx_crash() -> str | None:
+    """The upstream issue when this build's AMX path crashes on this CPU, else None."""
+    if "AMX_INT8 = 1" not in build_info()[2]:  # built without AMX: nothing to avoid
+        return None
+    return engine_build.amx_crash(hardware.default_probe().cpu().get("flags", ()), llama_cpp.__version__)
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _model_params(**wanted):
+    """Llama() has no argument for some of llama.cpp's model parameters (use_extra_bufts):
+    while it loads, the defaults it starts from carry them. Values equal to llama.cpp's
+    own defaults change nothing."""
+    real = llama_cpp.llama_cpp.llama_model_default_params
+    defaults = real()
+    if all(getattr(defaults, name) == value for name, value in wanted.items()):
+        yield
+        return
+
+    def with_wanted():
+        params = real()
+        for name, value in wanted.items():
+            setattr(params, name, value)
+        return params
+
+    with _PARAMS_LOCK:  # one load at a time sees the patched defaults
+        llama_cpp.llama_cpp.llama_model_default_params = with_wanted
+        try:
+            yield
+        finally:
+            llama_cpp.llama_cpp.llama_model_default_params = real
+
+
 class LlamaCppEngine(TokenLoop):
     name = "llama.cpp"
 
@@ -101,15 +138,19 @@ class LlamaCppEngine(TokenLoop):
         self.model_path = model_path
         self.plan = plan
         _LOG.clear()
+        self._amx_crash = amx_crash()
         try:
-            self._llm = llama_cpp.Llama(
-                model_path=model_path,
-                n_ctx=plan.n_ctx,
-                n_batch=plan.n_batch,
-                n_gpu_layers=plan.n_gpu_layers,
-                n_threads=plan.n_threads or hardware.default_threads(),
-                verbose=False,
-            )
+            # Off, llama.cpp's extra buffer types take its AMX path with them (and CPU
+            # weight repacking, which is why install.sh builds without AMX instead).
+            with _model_params(use_extra_bufts=not self._amx_crash):
+                self._llm = llama_cpp.Llama(
+                    model_path=model_path,
+                    n_ctx=plan.n_ctx,
+                    n_batch=plan.n_batch,
+                    n_gpu_layers=plan.n_gpu_layers,
+                    n_threads=plan.n_threads or hardware.default_threads(),
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as e:
             raise ModelFileError(self._load_failure(e)) from None
         self._buffers, self._device_bytes = parse_buffers(_LOG.text())
@@ -254,7 +295,8 @@ class LlamaCppEngine(TokenLoop):
             n_gpu_layers=self.plan.n_gpu_layers if self._offload else 0,
             n_threads=self._llm.n_threads,
             chat_template=self._prompt.origin,
-            build=self._system,
+            build=self._system + (f" | AMX path off (llama.cpp's extra buffer types): {self._amx_crash}"
+                                  if self._amx_crash else ""),
         )
 
     def close(self) -> None:

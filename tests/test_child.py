@@ -100,10 +100,11 @@ def test_roost_errors_in_the_child_are_raised_here_as_themselves(demo_gguf, tmp_
     torn = tmp_path / "torn.gguf"
     with open(demo_gguf, "rb") as f:
         torn.write_bytes(f.read(4_000_000))
-    with pytest.raises(ModelFileError) as err:
+    with pytest.raises(ModelFileError) as in_child:
         load(str(torn), Plan(), isolated=True)
-    assert str(err.value) == f"{torn} is truncated or corrupt (tensor data is not within the file bounds); download it again" \
-        or "truncated" in str(err.value) or "could not load" in str(err.value)
+    with pytest.raises(ModelFileError) as here:
+        load(str(torn), Plan())
+    assert str(in_child.value) == str(here.value) and "is truncated or corrupt" in str(here.value)
     with pytest.raises(UsageError, match="unknown engine 'vllm'"):
         load(demo_gguf, Plan(), engine="vllm", isolated=True)
     with pytest.raises(ContextOverflow, match="context holds 512") as over:
@@ -171,6 +172,29 @@ def test_logits_and_tokens_are_the_in_process_engines(demo_gguf, child):
         local.close()
 
 
+def test_a_child_that_does_not_answer_is_not_waited_for(child, monkeypatch):
+    """A child stuck in native code (stopped, here) holds up no reading and no cancel."""
+    import signal
+    import time
+
+    from roost.backends import child as child_module
+
+    monkeypatch.setattr(child_module, "_READING_S", 0.3)
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        reading = child.memory()
+        assert reading.rss_bytes is None and reading.app_rss_bytes > 0  # not known now: "memory n/a"
+        cancel = Cancel()
+        cancel.on_set(lambda: child._tell(("cancel", 0)))
+        started = time.perf_counter()
+        cancel.set()
+        assert time.perf_counter() - started < 0.2
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    assert child.memory().rss_bytes > 50 * 2**20  # the late answer is dropped, this one read
+    assert "Tokyo" in answer(child).text
+
+
 def test_close_ends_the_child_and_gives_its_memory_back(demo_gguf):
     logs = engine_logs()
     engine = load(demo_gguf, Plan(n_ctx=512), isolated=True)
@@ -183,3 +207,18 @@ def test_close_ends_the_child_and_gives_its_memory_back(demo_gguf):
     engine.close()  # twice is fine
     with pytest.raises(Exception, match="closed"):
         engine.memory()
+
+
+def test_mlx_runs_in_a_child_too(demo_mlx):
+    engine = load(demo_mlx, Plan(n_ctx=512), engine="mlx", isolated=True)
+    try:
+        readings = []
+        for event in engine.stream(CAPITAL, GREEDY):
+            if isinstance(event, Token) and event.generated == 2:
+                readings.append(engine.memory())
+            elif isinstance(event, Done):
+                assert "Tokyo" in event.text
+        assert engine.info().engine == "mlx" and readings[0].buffers and readings[0].rss_bytes > 0
+        assert engine.logits(engine.tokenize("Hello there"))[0].shape == (49152,)
+    finally:
+        engine.close()

@@ -31,12 +31,12 @@ import sys
 import tempfile
 import threading
 import traceback
-from multiprocessing.connection import Connection
 from dataclasses import replace
+from multiprocessing.connection import Connection
 from typing import Iterator, Sequence
 
 from roost import errors, memory
-from roost.backends.base import Cancel, Done, EngineInfo, Event, MemoryReading, Message, Params, Plan, Token
+from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Message, Params, Plan, Token
 from roost.errors import EngineCrashed, RoostError
 
 _REAP_S = 5.0  # how long a dead child's exit status is waited for

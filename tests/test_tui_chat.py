@@ -165,3 +165,16 @@ def test_an_engine_killed_between_answers_is_found_and_loaded_again(demo_gguf):
         assert "Tokyo" in screen.query(".assistant").last().source and screen.engine is not first
 
     isolated_chat(scenario, demo_gguf)
+
+
+def test_roost_chat_runs_the_engine_in_a_process_of_its_own(demo_gguf, monkeypatch):
+    from roost import cli
+
+    opened = []
+    monkeypatch.setattr(RoostApp, "run", lambda app: opened.append(app))  # the app as `roost chat` builds it
+    assert cli.main(["chat", demo_gguf, "--ctx", "512"]) == 0
+    engine = opened[0].load_engine()
+    try:
+        assert engine.pid in [p.pid for p in psutil.Process().children()] and engine.info().n_ctx == 512
+    finally:
+        engine.close()

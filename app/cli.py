@@ -475,8 +475,10 @@ def cmd_eval(args) -> int:
 
 def _eval_models(args, ctx: int | None):
     """Each model named, checked (found, pulled, planned to fit) before any is loaded, then
-    loaded in turn and closed before the next: yields (the name shown, path, engine, load
-    seconds); path is None for a server."""
+    loaded in turn, each in a process of its own, and closed before the next (which gives
+    all its memory back): yields (the name shown, path, engine, load seconds, crash); path
+    is None for a server; engine is None, and crash the EngineCrashed, where the engine
+    crashed as it loaded."""
     import time
 
     from roost.backends import connect, load

@@ -233,7 +233,7 @@ class ChatScreen(Screen):
             self.cancel.set()
 
     def action_new_chat(self) -> None:
-        if self.session is None:
+        if self.session is None or self.engine_info is None:
             return
         self.cancel.set()  # an answer in flight stops within a token and is dropped with its chat
         self.session = Session(self.engine, self.params, system=self.system)

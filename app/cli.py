@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 
@@ -225,6 +226,16 @@ def main(argv: list[str] | None = None) -> int:
                 parser.print_help()
                 return 0
             args = parser.parse_args(["chat"])
+    except RoostError as e:
+        print(f"roost: error: {e}", file=sys.stderr)
+        return e.exit_code
+    if args.handler is cmd_run:
+        return _guarded(args)
+    return _dispatch(args)
+
+
+def _dispatch(args) -> int:
+    try:
         return args.handler(args)
     except RoostError as e:
         print(f"roost: error: {e}", file=sys.stderr)
@@ -236,6 +247,71 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `| head`): stop quietly, as other shell tools do.
         sys.stdout = None
         return 0
+
+
+# The signals native code dies of: a crash, an abort (a failed GGML_ASSERT), the OOM killer.
+_CRASHES = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGKILL")
+
+
+def _guarded(args) -> int:
+    """Run a one-shot command in a forked copy of this process, so that a native crash in
+    the engine (which no Python code survives) is one line from here, not a dead shell
+    line. Forked, not spawned: nothing is imported again, so it costs a millisecond where
+    a fresh engine process costs 0.1 s of start-up (bench/child_overhead.py). The copy
+    shares the terminal: it streams, reads stdin and takes Ctrl-C as roost always did."""
+    if not hasattr(os, "fork"):  # Windows: in-process, as before
+        return _dispatch(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _dispatch(args)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream and stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code if isinstance(code, int) else 1)
+    status = _wait_forwarding(pid)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    died = signal.Signals(os.WTERMSIG(status)).name
+    if died in _CRASHES:
+        from roost.errors import EngineCrashed
+
+        crash = EngineCrashed(died, "running the model")
+        print(f"\nroost: error: {crash}; `roost doctor --self-test` checks the engine build", file=sys.stderr)
+        return crash.exit_code
+    return 128 + os.WTERMSIG(status)  # ended from outside (SIGTERM, SIGHUP): as a shell reports it
+
+
+def _wait_forwarding(pid: int) -> int:
+    """Wait for the copy, passing on the signals meant for roost. The terminal's Ctrl-C
+    reaches both processes (one process group): the copy handles it, and passing it on
+    too would make one Ctrl-C count as two. One sent to this process alone (kill -INT,
+    timeout -s INT) is passed on."""
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: Ctrl-C from the terminal only
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for forwarded in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(forwarded, lambda signum, frame: os.kill(pid, signum))
+        while True:
+            try:
+                return os.waitpid(pid, 0)[1]
+            except InterruptedError:
+                continue
+    watched = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        info = signal.sigwaitinfo(watched)
+        from_a_process = info.si_code <= 0  # SI_USER, SI_QUEUE, SI_TKILL; the terminal's is SI_KERNEL
+        if info.si_signo != signal.SIGCHLD and (info.si_signo != signal.SIGINT or from_a_process):
+            os.kill(pid, info.si_signo)
 
 
 def _read_prompt(argument: str) -> str:

@@ -169,3 +169,53 @@ cd {ROOT} && exec {sys.executable} -m roost "$@"
     assert "rebuilding llama-cpp-python" in result.stdout and "engine self-test: ok" in result.stdout
     rebuilt = [line for line in log.read_text().splitlines() if "--force-reinstall" in line]
     assert len(rebuilt) == 1 and "-DGGML_NATIVE=OFF" in rebuilt[0] and "-DGGML_AMX_INT8=OFF" in rebuilt[0]
+
+
+# -- roost run: a native crash is one line, not "Segmentation fault" -------------------------
+
+
+@pytest.mark.parametrize("sig, name", [("SIGSEGV", "SIGSEGV"), ("SIGABRT", "SIGABRT"), ("SIGKILL", "SIGKILL")])
+def test_a_crash_in_roost_run_is_one_line_and_what_was_written_stays(sig, name):
+    """A real signal, sent to the process that runs the model mid-answer, as native code
+    (or the out-of-memory killer) would send it."""
+    import signal
+    import time
+
+    import psutil
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "roost", "run", "demo", "Write a long story about a dragon.",
+                             "-n", "2000", "-t", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
+    try:
+        first = proc.stdout.read(40)  # the answer has begun
+        assert first.strip()
+        deadline = time.monotonic() + 30
+        while not (workers := psutil.Process(proc.pid).children()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(workers[0].pid, getattr(signal, sig))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and (first + out).strip()
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err.decode(), err.decode()
+    assert lines[0].startswith(f"roost: error: the engine crashed ({name}") and "roost doctor --self-test" in lines[0]
+
+
+def test_roost_run_still_exits_130_on_ctrl_c_and_passes_its_exit_codes_through():
+    import signal
+
+    missing = roost("run", "/nonexistent.gguf", "hi")
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    proc = subprocess.Popen([sys.executable, "-m", "roost", "run", "demo", "Write a long story about a dragon.",
+                             "-n", "2000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            cwd=ROOT, start_new_session=True)
+    try:
+        assert proc.stdout.read(20).strip()
+        os.killpg(proc.pid, signal.SIGINT)  # as the terminal sends Ctrl-C: to the whole group
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err

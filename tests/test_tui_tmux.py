@@ -48,3 +48,25 @@ def test_chat_in_tmux_at_80x24():
             time.sleep(0.2)
     finally:
         tmux("kill-server", check=False)
+
+
+def test_an_engine_crash_in_tmux_is_one_line_and_the_chat_goes_on(tmp_path):
+    """A real SIGSEGV in the engine's process mid-answer (the child's test hook, once): the
+    app stays, says so in its status bar, and the next question loads the model again.
+    Afterwards the terminal is the shell's, not the app's screen."""
+    once = tmp_path / "crashed-once"
+    command = (f"ROOST_TEST_CRASH=stream:3 ROOST_TEST_CRASH_ONCE={once} TERM=screen-256color "
+               f"{sys.executable} -m roost chat demo --temperature 0; echo roost-exited-$?; sleep 30")
+    tmux("new-session", "-d", "-s", "chat", "-x", "80", "-y", "24", "-c", ROOT, command)
+    try:
+        wait_for("Ask something")
+        tmux("send-keys", "-t", "chat", "What is the capital of Japan?", "Enter")
+        crashed = wait_for("the engine crashed (SIGSEGV) while answering", "Ask again: the model loads anew")
+        assert "The capital" in crashed  # what came before the crash stays on screen
+        tmux("send-keys", "-t", "chat", "What is the capital of Japan?", "Enter")
+        wait_for("Tokyo", "loaded again")
+        tmux("send-keys", "-t", "chat", "C-q")
+        left = wait_for("roost-exited-0", timeout=20)
+        assert "Ask something" not in left  # the alternate screen is gone: the shell's own lines
+    finally:
+        tmux("kill-server", check=False)

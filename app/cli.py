@@ -19,10 +19,28 @@ from roost.loading import DEFAULT_CTX
 
 EXIT_INTERRUPTED = 130
 DEFAULT_PORT = 8080
+# Help for what several commands take, written once so that it reads the same everywhere.
+MODEL_HELP = ('a catalog name (roost search lists them), optionally NAME:QUANT (NAME:Q4_K_M, NAME:4bit); '
+              'a Hugging Face repo, owner/repo or owner/repo:file.gguf; a .gguf file; an MLX model folder; '
+              'or "demo", the bundled SmolLM2-135M')
+CTX_DEFAULT = f"{DEFAULT_CTX}, or the model's limit if lower"
+ENGINE_HELP = ("llama (llama.cpp: .gguf files) or mlx (MLX model folders and MLX builds of catalog models) "
+               "(default: MLX on Apple Silicon where the model's best MLX build that fits is about as good as its "
+               "best GGUF that fits, else llama; NAME:Q8_0 means llama, NAME:4bit mlx)")
+YES_HELP = "download a model that is not here yet without asking first (default: ask, at a terminal)"
+THREADS_HELP = "CPU threads for llama.cpp (default: one per physical core; MLX chooses its own)"
+GPU_LAYERS_HELP = ("layers to put on the GPU with a CUDA or Metal build of llama.cpp, -1 for all, 0 for none "
+                   "(default: as many as fit)")
+API_KEY_HELP = ("the API key, a bearer token: roost serve requires it on every request but /health, and a client "
+                "(--remote, or a server URL given to eval) sends it (default: $ROOST_API_KEY, if set)")
+JSON_HELP = "print the result as JSON on stdout, for scripts (default: text)"
+SYSTEM_HELP = "system prompt (default: the model's own, if its chat template has one)"
+TEMPERATURE_HELP = "sampling temperature, 0 for greedy (default: 0.8)"
+SEED_HELP = "sampling seed, for repeatable answers (default: a random one each time)"
+HISTORY_HELP = "show the earlier results kept on this machine instead, matching MODEL if given (default: run)"
+REMOTE_HELP = ("use a model served elsewhere over the OpenAI API (roost serve, llama-server, vLLM, Ollama), "
+               "e.g. http://127.0.0.1:8080 (default: a model on this machine)")
 PPL_CTX = 512  # llama-perplexity's default chunk, so that figures compare with the community's
-ENGINE_HELP = ("llama (llama.cpp) or mlx (MLX model folders, MLX builds of catalog models); "
-               "default: MLX on Apple Silicon where the model's best MLX build that fits is about as good as its "
-               "best GGUF that fits, else llama; NAME:Q8_0 means llama, NAME:4bit mlx")
 
 
 def _positive_int(text: str) -> int:
@@ -50,9 +68,51 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
+def _ctx_option(command, default: str = CTX_DEFAULT, more: str = "") -> None:
+    command.add_argument("-c", "--ctx", type=_positive_int, metavar="N",
+                         help=f"context window in tokens, which memory is planned for (default: {default}){more}")
+
+
+def _engine_option(command) -> None:
+    command.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+
+
+def _yes_option(command) -> None:
+    command.add_argument("-y", "--yes", action="store_true", help=YES_HELP)
+
+
+def _json_option(command) -> None:
+    command.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _api_key_option(command) -> None:
+    command.add_argument("--api-key", metavar="KEY", help=API_KEY_HELP)
+
+
+def _local_engine_options(command) -> None:
+    """What loading a model on this machine takes: --threads, --gpu-layers, -y, --engine."""
+    command.add_argument("--threads", type=_positive_int, metavar="N", help=THREADS_HELP)
+    command.add_argument("--gpu-layers", type=int, metavar="N", help=GPU_LAYERS_HELP)
+    _yes_option(command)
+    _engine_option(command)
+
+
+def _sampling_options(command) -> None:
+    command.add_argument("-s", "--system", metavar="TEXT", help=SYSTEM_HELP)
+    command.add_argument("-t", "--temperature", type=_non_negative_float, default=0.8, metavar="T",
+                         help=TEMPERATURE_HELP)
+    command.add_argument("--seed", type=int, metavar="N", help=SEED_HELP)
+
+
+def _remote_options(command) -> None:
+    command.add_argument("--remote", metavar="URL", help=REMOTE_HELP)
+    _api_key_option(command)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="roost", description="Run open LLMs on your own machine.")
-    parser.add_argument("--version", action="version", version=f"roost {__version__}")
+    parser = _Parser(prog="roost", description="Run open LLMs on your own machine. Without a command: roost chat.")
+    parser.add_argument("--version", action="version", version=f"roost {__version__}",
+                        help="print roost's version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = commands.add_parser(
@@ -62,20 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
         "from standard input when piped, or both (argument first).",
     )
     run.add_argument("model", metavar="MODEL", nargs="?",
-                     help='a .gguf file, a catalog name, a Hub repo, or "demo" for the bundled SmolLM2-135M; '
-                     "with --remote, the server's model (optional when it serves one)")
-    run.add_argument("prompt", metavar="PROMPT", nargs="?", default="", help="the prompt")
-    run.add_argument("-s", "--system", help="system prompt")
-    run.add_argument("-n", "--max-tokens", type=_positive_int, help="stop after this many tokens (default: until the model stops)")
-    run.add_argument("-t", "--temperature", type=_non_negative_float, default=0.8, help="0 for greedy (default: 0.8)")
-    run.add_argument("--seed", type=int, help="sampling seed, for repeatable answers")
-    run.add_argument("-c", "--ctx", type=_positive_int, help=f"context window in tokens (default: {DEFAULT_CTX}, or less if the model allows less)")
-    run.add_argument("--threads", type=_positive_int, help="CPU threads (default: one per physical core)")
-    run.add_argument("--gpu-layers", type=int, help="layers to put on the GPU, -1 for all (default: as many as fit)")
-    run.add_argument("--stats", action="store_true", help="print speed, time to first token and memory to stderr")
-    run.add_argument("--json", action="store_true", help="print one JSON object with the text and all stats")
-    run.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
-    run.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+                     help=f"{MODEL_HELP}; with --remote, the server's model (optional when it serves one)")
+    run.add_argument("prompt", metavar="PROMPT", nargs="?", default="",
+                     help="the prompt (default: standard input, when piped; with both, the argument comes first)")
+    run.add_argument("-n", "--max-tokens", type=_positive_int, metavar="N",
+                     help="stop after N tokens (default: when the model stops or the context is full)")
+    _sampling_options(run)
+    _ctx_option(run)
+    run.add_argument("--stats", action="store_true",
+                     help="print one line to stderr: prompt and generation tok/s, time to first token, peak memory, "
+                     "context used (default: off)")
+    _json_option(run)
+    _local_engine_options(run)
     _remote_options(run)
     run.set_defaults(handler=cmd_run)
 
@@ -85,47 +143,58 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each model file: memory needed at the context, whether it fits on the GPU "
         "(fully, partly, not), the decode ceiling, and the pick with its reason.",
     )
-    fit.add_argument("models", metavar="MODEL", nargs="+", help="one or more quants of one model: .gguf files or catalog names")
-    fit.add_argument("-c", "--ctx", type=_positive_int, help=f"context in tokens (default: {DEFAULT_CTX}, or the model's limit)")
+    fit.add_argument("models", metavar="MODEL", nargs="+",
+                     help='one or more .gguf files (quants of one model), "demo", or one catalog name or Hugging Face '
+                     'repo (owner/repo), whose quants are all ranked')
+    _ctx_option(fit)
     where = fit.add_mutually_exclusive_group()
-    where.add_argument("--gpu", action="store_true", help="plan for the GPU; an error if there is none")
-    where.add_argument("--cpu", action="store_true", help="plan for the CPU alone")
-    fit.add_argument("--json", action="store_true", help="print the plan as JSON")
+    where.add_argument("--gpu", action="store_true",
+                       help="plan for the GPU; an error if there is none (default: the GPU if there is one)")
+    where.add_argument("--cpu", action="store_true", help="plan for the CPU alone (default: the GPU if there is one)")
+    _json_option(fit)
     fit.set_defaults(handler=cmd_fit)
 
     pull = commands.add_parser("pull", help="download a model (the quant that fits here, unless one is named)",
-                               description="MODEL: a catalog name, NAME:QUANT, a Hub repo (owner/name), owner/name:QUANT or owner/name:FILE.gguf.")
-    pull.add_argument("model", metavar="MODEL")
-    pull.add_argument("-c", "--ctx", type=_positive_int, help=f"plan for this context (default {DEFAULT_CTX})")
-    pull.add_argument("-y", "--yes", action="store_true", help="do not ask before downloading")
-    pull.add_argument("--engine", choices=ENGINES, help="mlx: pull the catalog's MLX build (default: the engine roost would run it with)")
+                               description="Download a model: the quant the fit planner picks for this machine, "
+                               "or the one named; it shows the ranking and asks first at a terminal.")
+    pull.add_argument("model", metavar="MODEL",
+                      help="a catalog name, optionally NAME:QUANT (NAME:Q4_K_M, NAME:4bit); a Hugging Face repo, "
+                      "owner/repo, owner/repo:QUANT or owner/repo:file.gguf")
+    _ctx_option(pull)
+    _yes_option(pull)
+    _engine_option(pull)
     pull.set_defaults(handler=cmd_pull)
 
-    ls = commands.add_parser("ls", help="downloaded models")
-    ls.add_argument("--json", action="store_true")
+    ls = commands.add_parser("ls", help="downloaded models",
+                             description="The models downloaded to the Hugging Face cache: name, quant, size, "
+                             "whether each fits on this machine now, and its path.")
+    _json_option(ls)
     ls.set_defaults(handler=cmd_ls)
 
-    rm = commands.add_parser("rm", help="remove a downloaded model", description="MODEL: a catalog name (all its quants), NAME:QUANT, a repo, repo:FILE.gguf, or the path `roost ls` shows.")
-    rm.add_argument("model", metavar="MODEL")
+    rm = commands.add_parser("rm", help="remove a downloaded model",
+                             description="Remove a downloaded model from the Hugging Face cache.")
+    rm.add_argument("model", metavar="MODEL",
+                    help="a catalog name (all its quants), NAME:QUANT, a Hugging Face repo (owner/repo), "
+                    "owner/repo:file.gguf, or the path `roost ls` shows")
     rm.set_defaults(handler=cmd_rm)
 
-    search = commands.add_parser("search", help="search the catalog, with what fits here")
-    search.add_argument("text", metavar="TEXT", nargs="*", help="words to match (none: everything)")
-    search.add_argument("-c", "--ctx", type=_positive_int, help=f"plan for this context (default {DEFAULT_CTX})")
-    search.add_argument("--json", action="store_true")
+    search = commands.add_parser("search", help="search the catalog, with what fits here",
+                                 description="The catalog's models (models.toml) matching TEXT, each with the quant "
+                                 "that fits this machine best, how it fits and its speed ceiling.")
+    search.add_argument("text", metavar="TEXT", nargs="*",
+                        help="words that must all appear in the name, family, kind or description "
+                        "(default: none, the whole catalog)")
+    _ctx_option(search)
+    _json_option(search)
     search.set_defaults(handler=cmd_search)
 
     chat = commands.add_parser("chat", help="chat in the terminal app (the default command)",
                                description="Open the chat app on a model; without one, pick the engine and model in the app.")
-    chat.add_argument("model", metavar="MODEL", nargs="?", help="a .gguf file, a catalog name, a Hub repo, or demo")
-    chat.add_argument("-s", "--system", help="system prompt")
-    chat.add_argument("-t", "--temperature", type=_non_negative_float, default=0.8)
-    chat.add_argument("--seed", type=int)
-    chat.add_argument("-c", "--ctx", type=_positive_int, help=f"context window in tokens (default: {DEFAULT_CTX})")
-    chat.add_argument("--threads", type=_positive_int)
-    chat.add_argument("--gpu-layers", type=int)
-    chat.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
-    chat.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+    chat.add_argument("model", metavar="MODEL", nargs="?",
+                      help=f"{MODEL_HELP}; with --remote, the server's model (default: pick one in the app)")
+    _sampling_options(chat)
+    _ctx_option(chat)
+    _local_engine_options(chat)
     _remote_options(chat)
     chat.set_defaults(handler=cmd_chat)
 
@@ -133,20 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
         description="Load MODEL once and answer OpenAI API requests: /v1/chat/completions, /v1/completions, "
         "/v1/models, /health, /metrics. One answer at a time; others wait in a queue.")
-    serve.add_argument("model", metavar="MODEL", help="a .gguf file, a catalog name, a Hub repo, or demo")
-    serve.add_argument("--host", default="127.0.0.1",
+    serve.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    serve.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every network)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0: any free one)")
-    serve.add_argument("--api-key", default=None,
-                       help="require this bearer token on every request but /health (default: $ROOST_API_KEY, if set)")
-    serve.add_argument("--name", help="the model's id in the API (default: MODEL as given, or the file's name)")
-    serve.add_argument("--queue", type=_positive_int, default=16,
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
+                       help=f"port to listen on, 0 for any free one (default: {DEFAULT_PORT})")
+    _api_key_option(serve)
+    serve.add_argument("--name", metavar="ID",
+                       help="the model's id in the API (default: MODEL as given, or the file's name)")
+    serve.add_argument("--queue", type=_positive_int, default=16, metavar="N",
                        help="requests that may wait while one is answered; more get 503 (default: 16)")
-    serve.add_argument("-c", "--ctx", type=_positive_int, help=f"context window in tokens (default: {DEFAULT_CTX})")
-    serve.add_argument("--threads", type=_positive_int)
-    serve.add_argument("--gpu-layers", type=int)
-    serve.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
-    serve.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+    _ctx_option(serve)
+    _local_engine_options(serve)
     serve.set_defaults(handler=cmd_serve)
 
     bench = commands.add_parser(
@@ -155,18 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
         "repetitions, mean ± sd, with time to first token and load time apart, and generation beside the "
         "bandwidth ceiling. Each result is kept; --history shows them.")
     bench.add_argument("model", metavar="MODEL", nargs="?",
-                       help="a .gguf file, an MLX folder, a catalog name, a Hub repo, or demo; with --remote, the server's "
-                       "model (optional); with --history, text to match")
-    bench.add_argument("-p", "--pp", type=_positive_int, default=512, help="prompt tokens per prompt run (default: 512)")
-    bench.add_argument("-n", "--tg", type=_positive_int, default=128, help="tokens generated per generation run (default: 128)")
-    bench.add_argument("-r", "--repetitions", type=_positive_int, default=5, help="runs of each (default: 5)")
-    bench.add_argument("-c", "--ctx", type=_positive_int, help="context window (default: enough for the runs)")
-    bench.add_argument("--threads", type=_positive_int)
-    bench.add_argument("--gpu-layers", type=int)
-    bench.add_argument("-y", "--yes", action="store_true", help="download the model without asking if it is not here yet")
-    bench.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
-    bench.add_argument("--json", action="store_true", help="print the result (or the history) as JSON")
-    bench.add_argument("--history", action="store_true", help="show earlier results on this machine instead")
+                       help=f"{MODEL_HELP}; with --remote, the server's model (optional); with --history, text "
+                       "to match")
+    bench.add_argument("-p", "--pp", type=_positive_int, default=512, metavar="N",
+                       help="prompt tokens per prompt-processing run (default: 512)")
+    bench.add_argument("-n", "--tg", type=_positive_int, default=128, metavar="N",
+                       help="tokens generated per generation run (default: 128)")
+    bench.add_argument("-r", "--repetitions", type=_positive_int, default=5, metavar="N",
+                       help="runs of each, after one warm-up run (default: 5)")
+    _ctx_option(bench, default="enough for the runs, PP + TG + 64")
+    _local_engine_options(bench)
+    _json_option(bench)
+    bench.add_argument("--history", action="store_true", help=HISTORY_HELP)
     _remote_options(bench)
     bench.set_defaults(handler=cmd_bench)
 
@@ -178,43 +245,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--ppl: perplexity on a text instead, and KL divergence and top-1 agreement against the first model. "
         "Results are kept with roost bench's; --history shows them.")
     evaluate.add_argument("models", metavar="MODEL", nargs="*",
-                          help="a .gguf file, an MLX folder, a catalog name (NAME:QUANT), a Hub repo, demo, or the "
-                          "URL of an OpenAI-compatible server; the first is the one the others are compared with")
-    evaluate.add_argument("--set", metavar="FILE", help="your own eval set, JSON lines (see README: roost eval)")
-    evaluate.add_argument("--limit", type=_positive_int, metavar="N", help="only the set's first N items")
-    evaluate.add_argument("--answers", action="store_true", help="also list every item's verdict and answer")
-    evaluate.add_argument("--ppl", metavar="TEXTFILE", help="perplexity on this text, and KL divergence from the first model")
-    evaluate.add_argument("--chunks", type=_positive_int, metavar="N", help="score only the text's first N chunks")
+                          help=f"{MODEL_HELP}; or the URL of an OpenAI-compatible server. The first is the one the "
+                          "others are compared with; with --history, text to match")
+    evaluate.add_argument("--set", metavar="FILE",
+                          help="your own eval set, JSON lines (see README: roost eval) (default: the built-in set, "
+                          "52 items)")
+    evaluate.add_argument("--limit", type=_positive_int, metavar="N",
+                          help="only the set's first N items (default: all)")
+    evaluate.add_argument("--answers", action="store_true",
+                          help="also list every item's verdict and answer (default: the summary table only)")
+    evaluate.add_argument("--ppl", metavar="TEXTFILE",
+                          help="score perplexity on this text, and KL divergence from the first model, instead of "
+                          "the eval set (default: the eval set)")
+    evaluate.add_argument("--chunks", type=_positive_int, metavar="N",
+                          help="with --ppl, score only the text's first N chunks (default: all)")
     golden = evaluate.add_mutually_exclusive_group()
     golden.add_argument("--golden", action="store_true",
-                        help="store each model's answers the first time; later, warn with a diff where they drift")
-    golden.add_argument("--golden-update", action="store_true", help="store each model's answers as golden anew")
-    evaluate.add_argument("-c", "--ctx", type=_positive_int,
-                          help=f"context window (default: {DEFAULT_CTX}); with --ppl, tokens per chunk (default: {PPL_CTX})")
-    evaluate.add_argument("--threads", type=_positive_int)
-    evaluate.add_argument("--gpu-layers", type=int)
-    evaluate.add_argument("-y", "--yes", action="store_true", help="download models without asking if they are not here yet")
-    evaluate.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
-    evaluate.add_argument("--api-key", help="the servers' API key (default: $ROOST_API_KEY, if set)")
-    evaluate.add_argument("--json", action="store_true", help="print the results (or the history) as JSON")
-    evaluate.add_argument("--history", action="store_true", help="show earlier results on this machine instead")
+                        help="store each model's answers the first time; later, warn with a diff where they drift "
+                        "(default: off)")
+    golden.add_argument("--golden-update", action="store_true",
+                        help="store each model's answers as golden anew (default: off)")
+    _ctx_option(evaluate, more=f"; with --ppl, tokens per chunk (default: {PPL_CTX})")
+    _local_engine_options(evaluate)
+    _api_key_option(evaluate)
+    _json_option(evaluate)
+    evaluate.add_argument("--history", action="store_true", help=HISTORY_HELP)
     evaluate.set_defaults(handler=cmd_eval)
 
-    doctor = commands.add_parser("doctor", help="check this machine and roost's engines", description="The machine, the engines that can run here, and fixes for common mismatches.")
-    doctor.add_argument("--measure", action="store_true", help="measure CPU memory bandwidth (a few seconds) and keep it for speed predictions")
-    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor = commands.add_parser("doctor", help="check this machine and roost's engines",
+                                 description="The machine, the engines that can run here, and fixes for common "
+                                 "mismatches.")
+    doctor.add_argument("--measure", action="store_true",
+                        help="measure CPU memory bandwidth (a few seconds) and keep it for speed predictions "
+                        "(default: the kept measurement, else an estimate)")
+    _json_option(doctor)
     doctor.add_argument("--self-test", action="store_true",
                         help="run the engine's self-test afresh (the demo model, in a process of its own) and print "
-                             "only its result; exits 1 if the engine crashed")
+                             "only its result; exits 1 if the engine crashed (default: show the kept result)")
     doctor.set_defaults(handler=cmd_doctor)
     return parser
-
-
-def _remote_options(command) -> None:
-    command.add_argument("--remote", metavar="URL",
-                         help="use a model served elsewhere over the OpenAI API (roost serve, llama-server, vLLM, "
-                         "Ollama), e.g. http://127.0.0.1:8080")
-    command.add_argument("--api-key", help="the server's API key (default: $ROOST_API_KEY, if set)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,4 +72,55 @@ if ! .venv/bin/roost doctor --self-test; then
         llama-cpp-python -c packaging/constraints.txt
     .venv/bin/roost doctor --self-test
 fi
-echo "roost is installed in .venv: run .venv/bin/roost"
+# roost as a command: a link in ~/.local/bin (the per-user folder for commands, where uv and
+# pipx put theirs too; on PATH by default on many systems) to this checkout's roost, checked,
+# or the line that puts that folder on PATH for this shell. Only a link to a roost venv that
+# is gone is replaced: a file that is no such link is left alone, and so is a link to another
+# checkout's roost that still runs (it says how to switch). ROOST_NO_LINK=1 skips this; nothing
+# here fails the install (CI, a read-only home).
+roost_venv_link() {  # a link to some checkout's .venv/bin/roost
+    [ -L "$1" ] && case "$(readlink "$1")" in */.venv/bin/roost) return 0 ;; esac
+    return 1
+}
+link_roost() {
+    local venv_roost="$PWD/.venv/bin/roost" bin="${HOME:-}/.local/bin" link found line
+    link="$bin/roost"
+    if [ "${ROOST_NO_LINK:-}" = 1 ] || [ -z "${HOME:-}" ]; then
+        echo "roost is installed in .venv: run $venv_roost"
+        return 0
+    fi
+    if [ -L "$link" ] && [ "$link" -ef "$venv_roost" ]; then
+        :  # linked by an earlier install of this checkout
+    elif roost_venv_link "$link" && [ -e "$link" ]; then
+        echo "roost: $link runs another checkout's roost ($(readlink "$link")) and is left as it is: run $venv_roost, or switch with: ln -sf $venv_roost $link"
+        return 0
+    elif [ -e "$link" ] || { [ -L "$link" ] && ! roost_venv_link "$link"; }; then
+        echo "roost: $link exists and is not a link to a roost venv, so it is left alone: run $venv_roost"
+        return 0
+    elif ! { mkdir -p "$bin" && ln -sf "$venv_roost" "$link"; } 2>/dev/null; then
+        echo "roost: could not link $link to roost: run $venv_roost"
+        return 0
+    fi
+    case ":${PATH:-}:" in
+        *":$bin:"* | *":$bin/:"*)
+            found=$(command -v roost 2>/dev/null || true)
+            if [ -n "$found" ] && [ "$found" -ef "$venv_roost" ]; then
+                echo "roost: linked $link -> $venv_roost: run \`roost\` from anywhere"
+            else
+                echo "roost: linked $link -> $venv_roost, but \`roost\` runs ${found:-nothing}, which comes first on PATH: run $link"
+            fi
+            return 0 ;;
+    esac
+    case "${SHELL:-}" in
+        */zsh) line="echo 'export PATH=\"\$HOME/.local/bin:\$PATH\"' >> ~/.zshrc" ;;
+        */fish) line="fish_add_path ~/.local/bin" ;;
+        */bash) if [ "$(uname -s)" = Darwin ]; then  # Terminal's login shells read ~/.bash_profile
+                    line="echo 'export PATH=\"\$HOME/.local/bin:\$PATH\"' >> ~/.bash_profile"
+                else
+                    line="echo 'export PATH=\"\$HOME/.local/bin:\$PATH\"' >> ~/.bashrc"
+                fi ;;
+        *) line="export PATH=\"\$HOME/.local/bin:\$PATH\" in your shell's startup file" ;;
+    esac
+    echo "roost: linked $link -> $venv_roost; $bin is not on PATH: run $line, then open a new terminal and run \`roost\` (until then: $link)"
+}
+link_roost || true

@@ -77,7 +77,14 @@ def self_test(fresh: bool = False, timeout_s: float = 120.0) -> SelfTest:
     kept = _kept_self_tests()
     if not fresh and key in kept:
         return SelfTest(**kept[key])
-    result = _run_self_test(key, timeout_s)
+    from roost import catalog
+    from roost.errors import RoostError
+
+    try:
+        model = catalog.demo_model_path()
+    except RoostError as e:  # not kept: adding the demo model is all it takes
+        return SelfTest(False, f"not run: {e}", key)
+    result = _run_self_test(model, key, timeout_s)
     if os.environ.get("ROOST_TEST_CRASH") is None:  # a crash made on purpose is not this build's
         from roost import results
 
@@ -85,8 +92,7 @@ def self_test(fresh: bool = False, timeout_s: float = 120.0) -> SelfTest:
     return result
 
 
-def _run_self_test(build: str, timeout_s: float) -> SelfTest:
-    from roost import catalog
+def _run_self_test(model: str, build: str, timeout_s: float) -> SelfTest:
     from roost.backends.base import Done, Params, Plan
     from roost.backends.child import ChildEngine
     from roost.errors import EngineCrashed, RoostError
@@ -96,7 +102,7 @@ def _run_self_test(build: str, timeout_s: float) -> SelfTest:
 
     def run() -> None:
         try:
-            engine = ChildEngine(catalog.demo_model_path(), Plan(n_ctx=512, n_batch=512), "llama")
+            engine = ChildEngine(model, Plan(n_ctx=512, n_batch=512), "llama")
             engines.append(engine)
             try:
                 done = [e for e in engine.complete(SELF_TEST_PROMPT, Params(max_tokens=8, temperature=0))

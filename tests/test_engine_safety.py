@@ -160,7 +160,8 @@ cd {ROOT} && exec {sys.executable} -m roost "$@"
 """)
     for program in ("python", "roost"):
         (bin_ / program).chmod(0o755)
-    env = {**os.environ, "PYTHON": sys.executable, "ROOST_MACHINE": os.path.join(MACHINES, "cpu_only.json")}
+    env = {**os.environ, "PYTHON": sys.executable, "ROOST_MACHINE": os.path.join(MACHINES, "cpu_only.json"),
+           "HOME": str(tmp_path / "home"), "ROOST_NO_LINK": "1"}
     result = subprocess.run(["bash", str(checkout / "packaging" / "install.sh")], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from dataclasses import asdict, dataclass, replace
 
@@ -85,7 +86,10 @@ def self_test(fresh: bool = False, timeout_s: float = 120.0) -> SelfTest:
     except RoostError as e:  # not kept: adding the demo model is all it takes
         return SelfTest(False, f"not run: {e}", key)
     result = _run_self_test(model, key, timeout_s)
-    if os.environ.get("ROOST_TEST_CRASH") is None:  # a crash made on purpose is not this build's
+    # Kept: what this build did (ran, crashed, hung). Not kept: a crash made on purpose, or
+    # a failure of something else, which may be gone by the next run.
+    about_the_build = result.ok or result.detail.startswith(("the engine crashed", "the engine hung"))
+    if about_the_build and os.environ.get("ROOST_TEST_CRASH") is None:
         from roost import results
 
         results.write_json(_self_test_file(), {**kept, key: asdict(result)})
@@ -141,7 +145,7 @@ def _rebuild_line() -> str:
     args = build.fallback_args or build.cmake_args
     if not args:
         return ""
-    return replace(build, cmake_args=args).pip_line(f"llama-cpp-python=={version('llama-cpp-python')}")
+    return replace(build, cmake_args=args).pip_line(f"llama-cpp-python=={version('llama-cpp-python')}", sys.executable)
 
 
 def _self_test_file() -> str:
@@ -179,7 +183,7 @@ def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus, build: engi
         if build.name != "cpu":
             from importlib.metadata import version
 
-            line = build.pip_line(f"llama-cpp-python=={version('llama-cpp-python')}")
+            line = build.pip_line(f"llama-cpp-python=={version('llama-cpp-python')}", sys.executable)
             out.append(f"{idle} is idle: llama-cpp-python was built for the CPU only. Rebuild it for "
                        f"{engine_build.DEVICE[build.name]}: {line} (or run packaging/install.sh in roost's checkout)")
         elif idle:
@@ -190,7 +194,7 @@ def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus, build: engi
         if "AMX_INT8 = 1" in build_info()[2]:
             out.append(f"this CPU's AMX crashes llama.cpp in this llama-cpp-python ({issue}), and it was built "
                        "with AMX: roost loads models with llama.cpp's extra buffer types off, which also turns "
-                       f"off weight repacking (slower). Rebuild it without AMX: {build.pip_line()}")
+                       f"off weight repacking (slower). Rebuild it without AMX: {build.pip_line(python=sys.executable)}")
     if machine.apple and not mlx.available:
         out.append(f"MLX, the faster engine on Apple Silicon, cannot run: {mlx.detail}")
     if not llama.available:

@@ -113,11 +113,12 @@ class Build:
     system: str = "Linux"  # whose shell the lines are written for
     fallback_args: str = ""  # CMAKE_ARGS to rebuild with when the engine's self-test crashes
 
-    def pip_line(self, requirement: str = "llama-cpp-python") -> str:
-        """The command that rebuilds llama-cpp-python this way in the environment at hand.
-        --no-cache-dir: pip's wheel cache does not know CMAKE_ARGS and would hand back
-        the last build."""
-        return f"{self._env()}pip install --force-reinstall --no-cache-dir --no-deps '{requirement}'"
+    def pip_line(self, requirement: str = "llama-cpp-python", python: str | None = None) -> str:
+        """The command that rebuilds llama-cpp-python this way: in `python`'s environment
+        (the one roost runs in, where it is known), else the one at hand. --no-cache-dir:
+        pip's wheel cache does not know CMAKE_ARGS and would hand back the last build."""
+        pip = f"{python} -m pip" if python else "pip"
+        return f"{self._env()}{pip} install --force-reinstall --no-cache-dir --no-deps '{requirement}'"
 
     def tool_lines(self, source: str = ".") -> dict[str, str]:
         """roost as a command of its own, in an environment of its own. `source`: a
@@ -316,12 +317,12 @@ def mismatch(build: Build, offload: bool, system_info: str, version: str) -> str
     """What check() says of a build with these readings."""
     if "-DGGML_AMX_INT8=OFF" in build.cmake_args and "AMX_INT8 = 1" in system_info:
         return (f"llama-cpp-python {version} was built with AMX, which crashes on this CPU; rebuild it "
-                f"without: {build.pip_line()}")
+                f"without: {build.pip_line(python=sys.executable)}")
     device = DEVICE.get(build.name)
     if device and not (offload and device_of(system_info) == device):
         return (f"llama-cpp-python {version} was built without {device} "
                 f"(GPU offload: {'yes' if offload else 'no'}). The usual cause is a CPU wheel from pip's "
-                f"cache, or a build that could not find the toolkit. Rebuild it: {build.pip_line()}")
+                f"cache, or a build that could not find the toolkit. Rebuild it: {build.pip_line(python=sys.executable)}")
     return None
 
 

@@ -97,7 +97,7 @@ def ranking(name: str, shape, r) -> str:
 def machine(m: Machine) -> list[str]:
     lines = [
         f"system      {m.os} {m.arch}",
-        f"CPU         {m.cpu_model}, {m.physical_cores} cores ({m.logical_cores} threads)"
+        f"CPU         {m.cpu_model}, {m.physical_cores} core{'s' if m.physical_cores != 1 else ''} ({m.logical_cores} threads)"
         + (f", {' '.join(m.cpu_features)}" if m.cpu_features else ""),
         f"memory      {size(m.ram_total_bytes)} total, {size(m.ram_available_bytes)} available",
     ]

@@ -1,0 +1,98 @@
+"""The README's "A first real chat", run as a newcomer types it: each line of its code
+block in a shell with `roost` on PATH, against the local Hub stand-in (which serves the
+README's model under its real repo and file names, with the demo's weights inside: no
+hub can be reached here), and the chat line in tmux at 80x24."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from hub_server import HubServer
+from roost import catalog
+
+README = os.path.join(ROOT, "README.md")
+
+
+def first_chat_block() -> list[str]:
+    with open(README) as f:
+        text = f.read()
+    section = text.split("## A first real chat", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def newcomer(tmp_path, demo_gguf):
+    """A shell as the README leaves it: `roost` on PATH, an empty model cache, and the
+    Hub stand-in serving every catalog model the block names."""
+    lines = first_chat_block()
+    names = {m for line in lines for m in re.findall(r"roost (?:pull|chat|run) ([\w.:-]+)", line)}
+    assert names, lines
+    root = tmp_path / "hub"
+    for name in names:
+        entry = catalog.models()[name.split(":")[0]]
+        repo = root.joinpath(*entry.gguf_repo.split("/"))
+        repo.mkdir(parents=True, exist_ok=True)
+        for g in entry.gguf:
+            os.symlink(demo_gguf, repo / g.file)
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "roost").write_text(f'#!/bin/sh\nexec {sys.executable} -m roost "$@"\n')
+    (bin_ / "roost").chmod(0o755)
+    with HubServer(str(root)) as hub:
+        yield lines, {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "HF_ENDPOINT": hub.url,
+                      "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_XET": "1",
+                      "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": ""}
+
+
+def tmux(*args, check=True):
+    return subprocess.run(["tmux", "-L", "roost-readme", *args], capture_output=True, text=True, check=check)
+
+
+def chat_in_tmux(line: str, env: dict) -> str:
+    exports = " ".join(f"{k}={v}" for k, v in env.items() if k in ("PATH", "HF_ENDPOINT", "HF_HOME", "HF_HUB_DISABLE_XET",
+                                                                    "HF_HUB_DISABLE_TELEMETRY", "ROOST_HISTORY_DIR",
+                                                                    "ROOST_DATA_DIR"))
+    tmux("new-session", "-d", "-s", "chat", "-x", "80", "-y", "24", "-c", ROOT,
+         f"env {exports} TERM=screen-256color {line} --temperature 0")
+    try:
+        deadline = time.monotonic() + 90
+        while "Ask something" not in (shown := tmux("capture-pane", "-t", "chat", "-p", check=False).stdout):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.2)
+        tmux("send-keys", "-t", "chat", "What is the capital of Japan?", "Enter")
+        while "Tokyo" not in (shown := tmux("capture-pane", "-t", "chat", "-p", check=False).stdout):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.2)
+        tmux("send-keys", "-t", "chat", "C-q")
+        return shown
+    finally:
+        tmux("kill-server", check=False)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+def test_the_readme_first_chat_works_as_typed(newcomer):
+    lines, env = newcomer
+    kinds = []
+    for line in lines:
+        if line.startswith("roost chat "):
+            shown = chat_in_tmux(line, env)
+            assert "Tokyo" in shown
+            kinds.append("chat")
+            continue
+        done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, env=env, cwd=ROOT,
+                              stdin=subprocess.DEVNULL, timeout=300)
+        assert done.returncode == 0, f"{line}\n{done.stderr}"
+        assert "Traceback" not in done.stderr
+        kinds.append(line.split()[1] if line.startswith("roost ") else "pipe")
+        if line.startswith("roost search"):
+            assert "qwen2.5-3b" in done.stdout
+        elif "roost run" in line:
+            assert done.stdout.strip()  # an answer
+    assert kinds == ["search", "pull", "chat", "pipe"]

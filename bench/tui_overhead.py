@@ -26,7 +26,8 @@ from roost.backends import load
 from roost.backends.base import Params, Plan
 from roost.tui.app import RoostApp
 tokens = int(sys.argv[1]); prompt = sys.argv[2]
-app = RoostApp(lambda: load(catalog.demo_model_path(), Plan(n_ctx=4096)), "demo", Params(temperature=0, max_tokens=tokens))
+app = RoostApp(lambda: load(catalog.demo_model_path(), Plan(n_ctx=4096), isolated=True), "demo",
+               Params(temperature=0, max_tokens=tokens))  # as `roost chat` loads: the engine in its own process
 
 async def main():
     async with app.run_test(size=(100, 30)) as pilot:
@@ -41,7 +42,7 @@ async def main():
         ui_share = (time.thread_time() - ui_cpu) / (time.perf_counter() - wall)
         stats, reading = screen.session.stats[-1], screen.engine.memory()
         print(json.dumps({"decode_tps": stats.decode_tps, "generated": stats.generated_tokens,
-                          "rss": reading.rss_bytes, "buffers": sum(reading.buffers.values()),
+                          "rss": reading.rss_bytes + (reading.app_rss_bytes or 0), "buffers": sum(reading.buffers.values()),
                           "model": reading.buffers.get("model", 0), "ui_share": ui_share}))
         await app.action_quit()
 

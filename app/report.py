@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from roost.hardware import GiB, Machine
+from roost.machine.hardware import GiB, Machine
 
 MiB = 1024**2
 

@@ -29,7 +29,7 @@ def load(model_path: str, plan: Plan = Plan(), engine: str = "llama", *, isolate
         try:
             from roost.backends.mlx import MlxEngine
         except ImportError as e:
-            from roost.mlx_models import INSTALL_HINT
+            from roost.models.mlx_models import INSTALL_HINT
 
             raise UsageError(f"MLX is not available ({e}): {INSTALL_HINT}") from None
         return MlxEngine(model_path, plan)

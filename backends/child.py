@@ -35,7 +35,8 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Iterator, Sequence
 
-from roost import errors, memory
+from roost import errors
+from roost.backends import memory
 from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Message, Params, Plan, Token
 from roost.errors import EngineCrashed, RoostError
 

@@ -1,7 +1,7 @@
 """llama.cpp through llama-cpp-python: a thin adapter from `Llama` to roost's Engine.
 
 Only loading, the token loop and the readings live here. The prompt is rendered by
-roost.chat_template (sandboxed), and the loop is roost's own rather than
+roost.backends.chat_template (sandboxed), and the loop is roost's own rather than
 `Llama.create_chat_completion`, so that timing is taken at each token, a cancel is
 seen between prefill batches and between tokens, and the KV cache is reused for
 exactly the prefix this turn shares with what was evaluated before.
@@ -20,7 +20,9 @@ from typing import Iterator, Sequence
 import llama_cpp
 import numpy as np
 
-from roost import engine_build, gguf_info, hardware, memory
+from roost.backends import memory
+from roost.machine import engine_build, hardware
+from roost.models import gguf_info
 from roost.backends.base import (
     Cancel,
     EngineInfo,

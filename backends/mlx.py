@@ -3,7 +3,7 @@
 mlx-lm's responses already carry prompt and generation tok/s and peak memory, so the
 stats are read from them and never timed again here; roost adds only the time spent
 rendering and tokenizing before mlx-lm starts, which belongs in time to first token.
-The prompt is rendered by roost.chat_template (sandboxed) exactly as for llama.cpp,
+The prompt is rendered by roost.backends.chat_template (sandboxed) exactly as for llama.cpp,
 and one prompt cache lives across turns, cut back to the prefix the next prompt shares.
 Hybrid and recurrent models (Qwen3-Next, LFM2, Nemotron-H, Mamba) keep a state that
 cannot be cut back: theirs is reused only by a prompt that extends all it has taken in.
@@ -25,7 +25,7 @@ from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_p
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from mlx_lm.utils import load as load_model
 
-from roost import memory
+from roost.backends import memory
 from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Params, Plan, Token
 from roost.backends.streaming import ChatPrompt, StopMatcher, TokenLoop, check_fits, done, reusable_prefix
 from roost.errors import ModelFileError, ModelTooBig

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator, Sequence
 
-from roost import chat_template, memory
+from roost.backends import chat_template, memory
 from roost.backends.base import Cancel, Done, Event, Message, Params, Stats, Token
 from roost.errors import ContextOverflow
 

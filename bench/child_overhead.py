@@ -34,7 +34,7 @@ PROMPT = "Write a long story about a dragon who learns to cook."
 # the engine and as the caller gets them; memory before, loaded and after close. JSON on stderr.
 FRESH = r"""
 import json, sys, time
-from roost import memory
+from roost.backends import memory
 from roost.backends import load
 from roost.backends.base import Done, Params, Plan, Token
 model, mode, ctx, tokens, prompt = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -87,7 +87,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=8)
     args = parser.parse_args()
 
-    from roost import catalog, hardware
+    from roost.machine import hardware
+    from roost.models import catalog
 
     model = args.model or catalog.demo_model_path()
     runs = {"llama": [], "child": []}

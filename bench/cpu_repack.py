@@ -57,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import gguf_files
-    from roost import catalog, hardware
+    from roost.machine import hardware
+    from roost.models import catalog
 
     threads = hardware.default_threads()
     print(f"{hardware.detect(gpus=False).cpu_model}, {threads} threads; synthetic llama, "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA path for real, on a lent NVIDIA machine that has no network (the device tool).
 #
-#   bench/cuda.sh build     choose the build (app/engine_build.py), compile llama-cpp-python
+#   bench/cuda.sh build     choose the build (app/machine/engine_build.py), compile llama-cpp-python
 #                           from source with it, and check the result
 #   bench/cuda.sh measure   roost doctor, fit, run, bench and serve on the GPU, and
 #                           roost bench against raw llama-cpp-python (bench/roost_bench.py)
@@ -28,9 +28,9 @@ build() {
     nvidia-smi
     nvcc --version | tail -2
     setup
-    python3 app/engine_build.py
-    python3 app/engine_build.py --json >"$OUT/engine_build.json"
-    eval "$(python3 app/engine_build.py --shell)"
+    python3 app/machine/engine_build.py
+    python3 app/machine/engine_build.py --json >"$OUT/engine_build.json"
+    eval "$(python3 app/machine/engine_build.py --shell)"
     export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
     rm -rf .gpu/src .gpu/wheel && mkdir -p .gpu/src
     tar xJf .gpu/llama_cpp_python.tar.xz -C .gpu/src
@@ -43,7 +43,7 @@ build() {
     echo "llama-cpp-python built with CMAKE_ARGS='$CMAKE_ARGS' in $((SECONDS - start)) s"
     ls -la .gpu/wheel
     python3 -m pip install -q --no-deps --force-reinstall .gpu/wheel/*.whl
-    python3 app/engine_build.py --check
+    python3 app/machine/engine_build.py --check
     # The wheel comes back in pieces under the 16 MiB a file may have, for a later machine.
     split -b 15M -d .gpu/wheel/*.whl "$OUT/wheel.part"
 }
@@ -51,7 +51,7 @@ build() {
 measure() {
     setup
     python3 -c "import llama_cpp" 2>/dev/null || python3 -m pip install -q --no-deps .gpu/wheel/*.whl
-    python3 app/engine_build.py --check || return 1
+    python3 app/machine/engine_build.py --check || return 1
     # A call carries 64 MiB and the demo GGUF is 98, so its halves come in two calls:
     # what a call carries is gone at the next, so they are kept outside the tree.
     mkdir -p /tmp/keep && cp -n .gpu/tok.gguf .gpu/smol.part0* /tmp/keep/ 2>/dev/null

@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEASURE = r"""
 import json, sys
 import llama_cpp
-from roost import memory
+from roost.backends import memory
 from roost.backends.base import Params, Plan
 from roost.backends.llama_cpp import LlamaCppEngine
 path, n_ctx = sys.argv[1], int(sys.argv[2])
@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, nargs="+", default=[512, 2048, 8192])
     args = parser.parse_args()
 
-    from roost import bandwidth, catalog, fit, gguf_info, hardware
+    from roost.machine import bandwidth, fit, hardware
+    from roost.models import catalog, gguf_info
 
     models = args.model
     if not models:

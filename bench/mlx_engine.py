@@ -80,7 +80,7 @@ def main() -> None:
 
     from mlx_model import convert
 
-    from roost import catalog
+    from roost.models import catalog
     from roost.backends import load
 
     gguf = catalog.demo_model_path()

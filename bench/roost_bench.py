@@ -55,7 +55,8 @@ def main() -> None:
                         help="layers on the GPU for both (default: roost's choice, and all of them for the raw loop on a GPU build)")
     args = parser.parse_args()
 
-    from roost import catalog, hardware
+    from roost.machine import hardware
+    from roost.models import catalog
 
     model = args.model or catalog.demo_model_path()
     threads, n_ctx = hardware.default_threads(), args.pp + args.tg + 64

@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=6)
     args = parser.parse_args()
 
-    from roost import catalog, hardware
+    from roost.machine import hardware
+    from roost.models import catalog
 
     model = args.model or catalog.demo_model_path()
     threads = hardware.default_threads()

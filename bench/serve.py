@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=6)
     args = parser.parse_args()
 
-    from roost import hardware
+    from roost.machine import hardware
 
     common = ["--ctx", str(args.ctx), "--threads", str(hardware.default_threads())]
     server, url = start_server([sys.executable, "-m", "roost", "serve", args.model, "--port", "0", "--name", "bench",

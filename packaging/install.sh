@@ -8,8 +8,8 @@
 #   packaging/install.sh --test      also what the tests need (CI runs this)
 #   ROOST_BUILD=cpu packaging/install.sh     overrule the choice (cpu, cuda or metal)
 #
-# The choice, and why, comes from app/engine_build.py, which needs only Python:
-#   python3 app/engine_build.py
+# The choice, and why, comes from app/machine/engine_build.py, which needs only Python:
+#   python3 app/machine/engine_build.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +34,7 @@ extras=()
 
 # It exits non-zero, having said why in one line, where no build would serve (a Python
 # under Rosetta on Apple Silicon).
-choice=$("$python" app/engine_build.py --shell ${ROOST_BUILD:+--build "$ROOST_BUILD"}) || exit 1
+choice=$("$python" app/machine/engine_build.py --shell ${ROOST_BUILD:+--build "$ROOST_BUILD"}) || exit 1
 eval "$choice"
 echo "roost: llama.cpp build: $ROOST_BUILD${CMAKE_ARGS:+ (CMAKE_ARGS=$CMAKE_ARGS)}"
 [ -n "$ROOST_EXTRAS" ] && extras+=("$ROOST_EXTRAS")
@@ -42,7 +42,7 @@ echo "roost: llama.cpp build: $ROOST_BUILD${CMAKE_ARGS:+ (CMAKE_ARGS=$CMAKE_ARGS
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet)
 "${pip[@]}" --upgrade pip
-check=(.venv/bin/python app/engine_build.py --check --build "$ROOST_BUILD")
+check=(.venv/bin/python app/machine/engine_build.py --check --build "$ROOST_BUILD")
 
 # llama-cpp-python reaches PyPI as source and compiles llama.cpp here (minutes; CUDA's
 # kernels take longest). A GPU build is compiled afresh, never taken from pip's cache,

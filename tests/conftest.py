@@ -8,7 +8,7 @@ import pytest
 
 from gguf_files import synthetic_llama
 from hub_server import HubServer
-from roost import catalog
+from roost.models import catalog
 from roost.backends import connect, load
 from roost.backends.base import Plan
 
@@ -82,7 +82,7 @@ def served(engine, model_id: str = "demo", **options):
 
     import uvicorn
 
-    from roost import server
+    from roost.serve import server
 
     sock = server.listen("127.0.0.1", 0)
     app = server.Server(engine, model_id, **options)
@@ -117,7 +117,7 @@ def llama_engine(demo_gguf):
 
 def recorded_machine(name: str):
     """A machine from tests/machines, as hardware.detect sees it."""
-    from roost import hardware
+    from roost.machine import hardware
 
     return hardware.detect(hardware.RecordedProbe.from_file(os.path.join(ROOT, "tests", "machines", name)))
 
@@ -214,7 +214,7 @@ def in_process(hub, home, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     for name in [m for m in sys.modules if m.startswith("huggingface_hub")]:
         monkeypatch.delitem(sys.modules, name)
-    from roost import library
+    from roost.models import library
 
     return library
 

@@ -178,6 +178,6 @@ def save_random_model(config: dict, out: Path, tokenizer_from: str) -> Path:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from roost import catalog
+    from roost.models import catalog
 
     print(convert(catalog.demo_model_path(), Path(sys.argv[1])))

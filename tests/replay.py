@@ -65,7 +65,7 @@ def event_stats(recorded: dict) -> dict:
 
 
 def record(path: str = RECORDED) -> None:
-    from roost import catalog
+    from roost.models import catalog
     from roost.backends import load
     from roost.backends.base import Params, Plan
 

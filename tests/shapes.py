@@ -1,7 +1,7 @@
 """Real models' shapes and quant file sizes (as published in their GGUF repos), for
 planning on simulated machines without the files."""
 
-from roost.fit import Quant, Shape
+from roost.machine.fit import Quant, Shape
 
 LLAMA_8B = Shape(n_layer=32, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=(8,) * 32, head_dim_k=128,
                  head_dim_v=128, n_vocab=128256, n_ctx_train=131072, n_params=8_030_000_000)

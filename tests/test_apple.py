@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from conftest import ROOT, one_line, recorded_machine, roost
-from roost import doctor, engine_build, fit, hardware, report
+from roost import report
+from roost.machine import doctor, engine_build, fit, hardware
 
 GiB = hardware.GiB
 MACHINES = os.path.join(ROOT, "tests", "machines")

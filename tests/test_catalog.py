@@ -1,6 +1,6 @@
 import pytest
 
-from roost import catalog
+from roost.models import catalog
 from roost.errors import RoostError
 
 ENTRY = """

@@ -2,7 +2,7 @@
 
 import pytest
 
-from roost import chat_template
+from roost.backends import chat_template
 from roost.errors import TemplateError
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]

@@ -6,7 +6,7 @@ import os
 import llama_cpp
 
 from conftest import ROOT, recorded_machine, roost
-from roost import doctor
+from roost.machine import doctor
 from test_cli_run import one_error_line
 
 

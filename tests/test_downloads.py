@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import GATED_REPO, NAME, ROOT, TINY_REPO, in_process, one_line, roost_hub
-from roost import catalog
+from roost.models import catalog
 
 
 def sha256(path):
@@ -97,7 +97,7 @@ def test_run_asks_before_downloading(hub, home):
 def test_disk_space_is_checked_before_any_download(hub, home, monkeypatch):
     import shutil
 
-    from roost.download import DownloadError
+    from roost.models.download import DownloadError
 
     library = in_process(hub, home, monkeypatch)
     entry = catalog.models()[NAME]
@@ -109,7 +109,7 @@ def test_disk_space_is_checked_before_any_download(hub, home, monkeypatch):
 
 def test_cancel_removes_the_partial_file(hub, home, monkeypatch):
     from roost.backends.base import Cancel
-    from roost.download import Cancelled
+    from roost.models.download import Cancelled
 
     library = in_process(hub, home, monkeypatch)
     entry = catalog.models()[NAME]

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 
 from conftest import recorded_machine
-from roost import catalog, hardware, loading, mlx_models
+from roost.machine import hardware
+from roost.models import catalog, loading, mlx_models
 from roost.backends import load
 from roost.errors import RoostError, UsageError
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import ROOT, recorded_machine, roost
-from roost import doctor, engine_build
+from roost.machine import doctor, engine_build
 
 MACHINES = os.path.join(ROOT, "tests", "machines")
 with open(os.path.join(ROOT, "tests", "recorded", "system_info.json")) as f:
@@ -142,7 +142,7 @@ def test_install_rebuilds_without_amx_when_the_self_test_crashes_and_tests_again
     build (no compiling here), and roost is the real one, its engine made to crash
     through the child's test hook until llama-cpp-python was rebuilt."""
     checkout = tmp_path / "roost"
-    for part in ("packaging/install.sh", "packaging/constraints.txt", "app/engine_build.py"):
+    for part in ("packaging/install.sh", "packaging/constraints.txt", "app/machine/engine_build.py"):
         os.makedirs(checkout / os.path.dirname(part), exist_ok=True)
         shutil.copy(os.path.join(ROOT, part), checkout / part)
     bin_ = checkout / ".venv" / "bin"

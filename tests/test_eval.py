@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, crash_in, one_line, roost, served
-from roost import eval_set, evaluate, perplexity
+from roost.measure import eval_set, evaluate, perplexity
 from roost.backends import load
 from roost.backends.base import Plan
 from roost.errors import UsageError

@@ -2,7 +2,8 @@
 
 import pytest
 
-from roost import fit, gguf_info
+from roost.machine import fit
+from roost.models import gguf_info
 from roost.backends import load
 from roost.backends.base import Plan
 from shapes import (LLAMA_3B, LLAMA_3B_QUANTS, LLAMA_8B, LLAMA_8B_QUANTS, LLAMA_70B, LLAMA_70B_QUANTS,

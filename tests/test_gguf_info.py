@@ -7,7 +7,7 @@ import gguf
 import pytest
 
 from gguf_files import truncated
-from roost import gguf_info
+from roost.models import gguf_info
 from roost.errors import ModelFileError
 
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from roost import hardware
+from roost.machine import hardware
 
 MACHINES = os.path.join(os.path.dirname(__file__), "machines")
 

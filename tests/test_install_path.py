@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, one_line
-from roost import catalog
+from roost.models import catalog
 
 MACHINES = os.path.join(ROOT, "tests", "machines")
 PATH_LINE = """'export PATH="$HOME/.local/bin:$PATH"'"""
@@ -22,7 +22,7 @@ def checkout(tmp_path_factory):
     """install.sh in a copy of the checkout, on a stand-in venv: pip only records what it is
     asked (no compiling), and roost's self-test passes."""
     root = tmp_path_factory.mktemp("checkout") / "roost"
-    for part in ("packaging/install.sh", "packaging/constraints.txt", "app/engine_build.py"):
+    for part in ("packaging/install.sh", "packaging/constraints.txt", "app/machine/engine_build.py"):
         os.makedirs(root / os.path.dirname(part), exist_ok=True)
         shutil.copy(os.path.join(ROOT, part), root / part)
     bin_ = root / ".venv" / "bin"

@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from conftest import NAME, ROOT, one_line, recorded_machine, roost, roost_hub
-from roost import catalog, fit, loading, mlx_models
+from roost.machine import fit
+from roost.models import catalog, loading, mlx_models
 from roost.backends import load
 from roost.backends.base import Done, Params, Plan
 from roost.errors import UsageError

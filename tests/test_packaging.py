@@ -1,20 +1,21 @@
-"""The llama.cpp build each machine gets (app/engine_build.py): recorded machines, stand-in
+"""The llama.cpp build each machine gets (app/machine/engine_build.py): recorded machines, stand-in
 nvidia-smi and nvcc programs on PATH for a GPU that cannot exist here, and the real
 llama-cpp-python installed in this venv for --check."""
 
 import json
 import os
+import pathlib
 import stat
 import subprocess
 import sys
 
 import pytest
 
-from roost import engine_build
-from roost.engine_build import Facts, choose
+from roost.machine import engine_build
+from roost.machine.engine_build import Facts, choose
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "app", "engine_build.py")
+SCRIPT = os.path.join(ROOT, "app", "machine", "engine_build.py")
 MACHINES = os.path.join(ROOT, "tests", "machines")
 
 
@@ -165,14 +166,19 @@ def test_a_wheel_carries_everything_roost_reads(tmp_path):
     assert built.returncode == 0, built.stderr
     wheel = next(tmp_path.glob("roost-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("roost/cli.py", "roost/backends/base.py", "roost/tui/app.py", "roost/tui/screens/chat.py",
+    # every module of the checkout (a package missing from pyproject.toml's list would be left out)
+    for folder, inside in (("app", "roost"), ("backends", "roost/backends")):
+        for module in pathlib.Path(ROOT, folder).rglob("*.py"):
+            needed = f"{inside}/{module.relative_to(pathlib.Path(ROOT, folder)).as_posix()}"
+            assert needed in names, needed
+    for needed in ("roost/cli/main.py", "roost/backends/base.py", "roost/tui/app.py", "roost/tui/screens/chat.py",
                    "roost/tui/widgets/status.py", "roost/tui/roost.tcss", "roost/catalog_file/models.toml",
                    "roost/data/eval-basic.jsonl"):
         assert needed in names, needed
     # Installed on its own, away from the checkout, it finds its catalog and eval set inside itself.
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    probe = ("import roost.catalog as c, roost.eval_set as e; "
+    probe = ("import roost.models.catalog as c, roost.measure.eval_set as e; "
              "print(c.CATALOG.relative_to(c._HERE), len(c.models()), len(e.load()[1]))")
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
                            env={**os.environ, "PYTHONPATH": str(target)}, timeout=60)

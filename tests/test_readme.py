@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT
 from hub_server import HubServer
-from roost import catalog
+from roost.models import catalog
 
 README = os.path.join(ROOT, "README.md")
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 from hub_server import HubServer
-from roost import catalog
+from roost.models import catalog
 
 RECIPE = os.path.join(ROOT, "docs", "serve.md")
 

@@ -9,7 +9,7 @@ import pytest
 from textual.app import App
 from textual.widgets import Label, OptionList
 
-from roost import doctor
+from roost.machine import doctor
 from roost.backends.base import Params
 from roost.tui.app import RoostApp
 from roost.tui.screens.settings import FIELDS, SettingsScreen, parse

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, in_process
 from replay import QUESTION, ReplayEngine
-from roost import hardware
+from roost.machine import hardware
 from roost.backends.base import Params
 from roost.tui.app import RoostApp
 from roost.tui.screens.chat import ChatScreen

@@ -14,7 +14,7 @@ from textual.binding import Binding
 
 from roost.backends.base import Engine, Params
 from roost.errors import RoostError
-from roost.loading import DEFAULT_CTX
+from roost.models.loading import DEFAULT_CTX
 from roost.tui.screens.chat import ChatScreen
 
 
@@ -37,7 +37,7 @@ class RoostApp(App):
         if self.load_engine is not None:
             self.push_screen(ChatScreen(self.load_engine, self.params, self.system, self.model_name))
             return
-        from roost import doctor
+        from roost.machine import doctor
         from roost.tui.screens.start import StartScreen
 
         # Shown: every device, a GPU this llama.cpp build cannot use too (with the fix).
@@ -49,7 +49,8 @@ class RoostApp(App):
     def here(self):
         """This machine as the planner sees it (no GPU for a CPU-only build), detected once."""
         if self.machine is None:
-            from roost import hardware, loading
+            from roost.machine import hardware
+            from roost.models import loading
 
             self.machine = hardware.detect(gpus=loading.can_offload())
         return self.machine
@@ -65,7 +66,7 @@ class RoostApp(App):
         refused here, with what would fit, and the model list stays open."""
         if not path:
             return
-        from roost import loading
+        from roost.models import loading
         from roost.backends import load
 
         try:

@@ -4,7 +4,7 @@
 #
 # Homebrew builds Python packages from source inside the formula's virtualenv, which is
 # what llama-cpp-python needs anyway: CMAKE_ARGS below picks its build the way
-# app/engine_build.py does (Metal on Apple Silicon, the CPU elsewhere; Homebrew has no
+# app/machine/engine_build.py does (Metal on Apple Silicon, the CPU elsewhere; Homebrew has no
 # CUDA toolkit, so an NVIDIA box on Linuxbrew gets the CPU build and `roost doctor` says so).
 #
 # Left out on purpose: MLX. Its wheels are binary-only in practice (a source build needs

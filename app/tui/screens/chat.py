@@ -117,7 +117,7 @@ class ChatScreen(Screen):
     @work(thread=True, exclusive=True, group="memory")
     def _read_memory(self, engine: Engine) -> None:
         """Off the event loop: a remote engine's reading is an HTTP request."""
-        from roost import hardware
+        from roost.machine import hardware
 
         try:
             reading = engine.memory()

@@ -14,7 +14,9 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, Static
 
-from roost import fit, listing, report
+from roost import report
+from roost.machine import fit
+from roost.models import listing
 from roost.backends.base import Cancel
 from roost.errors import RoostError
 
@@ -69,7 +71,7 @@ class ModelScreen(Screen[str | None]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        from roost import library
+        from roost.models import library
 
         if self.engine == "mlx":
             offers = listing.mlx_offers(self.machine, self.n_ctx)
@@ -168,7 +170,7 @@ class ModelScreen(Screen[str | None]):
 
     def _fetch(self, offer: listing.Offer, file, cancel: Cancel) -> None:
         """In a worker thread: the download, its progress posted at most ten times a second."""
-        from roost import library, mlx_models
+        from roost.models import library, mlx_models
 
         last = 0.0
 
@@ -195,7 +197,7 @@ class ModelScreen(Screen[str | None]):
         self.query_one("#download-rate", Label).update(f" {report.size(p.done)} of {report.size(p.total)} · {verb}{eta}")
 
     def on_model_screen_finished(self, message: Finished) -> None:
-        from roost.download import Cancelled
+        from roost.models.download import Cancelled
 
         self.cancel = None
         self.query_one("#download").display = False

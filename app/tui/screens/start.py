@@ -10,8 +10,8 @@ from textual.widgets import Footer, Header, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from roost import report
-from roost.doctor import EngineStatus
-from roost.hardware import Machine
+from roost.machine.doctor import EngineStatus
+from roost.machine.hardware import Machine
 
 BACKEND_OF = {"llama.cpp": "llama", "mlx": "mlx"}  # doctor's engine names → roost.backends names
 

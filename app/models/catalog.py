@@ -21,7 +21,7 @@ from pathlib import Path
 
 from roost.errors import RoostError
 
-_HERE = Path(__file__).resolve().parent
+_HERE = Path(__file__).resolve().parent.parent  # the roost package (app/ in a checkout)
 # A wheel carries the catalog inside the package; a checkout keeps it at its top level.
 CATALOG = next((p for p in (_HERE / "catalog_file" / "models.toml", _HERE.parent / "models.toml") if p.exists()),
                _HERE.parent / "models.toml")
@@ -69,7 +69,7 @@ class Model:
     bundled: str | None = None
 
     def shape(self):
-        from roost.fit import Shape
+        from roost.machine.fit import Shape
 
         a = self.arch
         return Shape(
@@ -81,7 +81,7 @@ class Model:
         )
 
     def quants(self) -> list:
-        from roost.fit import Quant
+        from roost.machine.fit import Quant
 
         shape = self.shape()
         share = 0.0
@@ -252,7 +252,7 @@ def list_repo_gguf(repo_id: str) -> list[GgufFile]:
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
-    from roost.download import _HubCall
+    from roost.models.download import _HubCall
 
     with _HubCall(repo_id):
         entries = [e for e in HfApi().list_repo_tree(repo_id, recursive=True) if isinstance(e, RepoFile)]

@@ -9,8 +9,8 @@ import sys
 import threading
 from dataclasses import asdict, dataclass, replace
 
-from roost import engine_build
-from roost.hardware import Machine
+from roost.machine import engine_build
+from roost.machine.hardware import Machine
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def llama_status() -> EngineStatus:
 def mlx_status(machine: Machine) -> EngineStatus:
     """MLX runs on the GPU of Apple Silicon; its Linux build runs on the CPU, slower than
     llama.cpp, so it is offered there but never chosen by default."""
-    from roost.mlx_models import unavailable
+    from roost.models.mlx_models import unavailable
 
     why = unavailable(machine)
     if why:
@@ -78,7 +78,7 @@ def self_test(fresh: bool = False, timeout_s: float = 120.0) -> SelfTest:
     kept = _kept_self_tests()
     if not fresh and key in kept:
         return SelfTest(**kept[key])
-    from roost import catalog
+    from roost.models import catalog
     from roost.errors import RoostError
 
     try:
@@ -90,7 +90,7 @@ def self_test(fresh: bool = False, timeout_s: float = 120.0) -> SelfTest:
     # a failure of something else, which may be gone by the next run.
     about_the_build = result.ok or result.detail.startswith(("the engine crashed", "the engine hung"))
     if about_the_build and os.environ.get("ROOST_TEST_CRASH") is None:
-        from roost import results
+        from roost.measure import results
 
         results.write_json(_self_test_file(), {**kept, key: asdict(result)})
     return result
@@ -206,7 +206,7 @@ def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus, build: engi
 
 def here() -> tuple[Machine, str | None]:
     """This machine, and its CUDA toolkit's version where it has an NVIDIA GPU to build for."""
-    from roost import hardware
+    from roost.machine import hardware
 
     probe = hardware.default_probe()
     machine = hardware.detect(probe)

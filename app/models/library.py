@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from roost import catalog, download, fit
-from roost.catalog import CatalogError, GgufFile, Ref
+from roost.machine import fit
+from roost.models import catalog, download
+from roost.models.catalog import CatalogError, GgufFile, Ref
 from roost.errors import RoostError
 
 HEADER_PROBE = 16 * 1024**2  # first bytes of a remote GGUF: enough for most headers
@@ -28,7 +29,7 @@ def remote_shape(repo_id: str, filename: str) -> fit.Shape:
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-    from roost import gguf_info
+    from roost.models import gguf_info
 
     size = HEADER_PROBE
     with download._HubCall(repo_id, filename):

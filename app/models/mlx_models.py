@@ -11,8 +11,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from roost import fit
-from roost.catalog import Model
+from roost.machine import fit
+from roost.models.catalog import Model
 from roost.errors import ModelFileError, RoostError
 
 # What mlx-lm reads from a repo: mlx-community repos also carry READMEs and, at times,
@@ -31,7 +31,7 @@ def unavailable(machine=None) -> str | None:
     """Why MLX cannot run here, or None when it can. `machine` (hardware.detect()'s,
     recorded ones included) says what this Python runs on."""
     if machine is None:
-        from roost import hardware
+        from roost.machine import hardware
 
         machine = hardware.detect(gpus=False)
     if getattr(machine, "rosetta", False):
@@ -241,7 +241,7 @@ def remote_files(repo_id: str) -> list[tuple[str, int]]:
     """(file, size) of what mlx-lm needs from the repo."""
     from huggingface_hub import HfApi
 
-    from roost.download import _HubCall
+    from roost.models.download import _HubCall
 
     with _HubCall(repo_id):
         info = HfApi().model_info(repo_id, files_metadata=True)
@@ -254,7 +254,7 @@ def remote_files(repo_id: str) -> list[tuple[str, int]]:
 
 def pull(repo_id: str, on_progress=None, cancel=None) -> str:
     """Download an MLX repo's files, each checked as a GGUF is; the folder's path."""
-    from roost import download
+    from roost.models import download
 
     files = remote_files(repo_id)
     download.check_disk(sum(size for _, size in files))

@@ -6,9 +6,9 @@ happily reuses a cached CPU wheel, and a CUDA build without a toolkit stops with
 error. Standard library only: packaging/install.sh runs this file before roost, or
 anything else, is installed. `roost doctor` asks the same question of an installed build.
 
-    python3 app/engine_build.py            the choice, explained
-    python3 app/engine_build.py --shell    ROOST_BUILD=… CMAKE_ARGS=… ROOST_EXTRAS=… for a script
-    python3 app/engine_build.py --check    after installing: does the build match the machine?
+    python3 app/machine/engine_build.py            the choice, explained
+    python3 app/machine/engine_build.py --shell    ROOST_BUILD=… CMAKE_ARGS=… ROOST_EXTRAS=… for a script
+    python3 app/machine/engine_build.py --check    after installing: does the build match the machine?
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def llama_version() -> str | None:
         return version("llama-cpp-python")
     except PackageNotFoundError:
         pass
-    pins = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "packaging", "constraints.txt")
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # app/machine/ -> the top
+    pins = os.path.join(checkout, "packaging", "constraints.txt")
     try:
         with open(pins) as f:
             found = re.search(r"^llama-cpp-python==(\S+)", f.read(), re.MULTILINE)

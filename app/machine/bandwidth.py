@@ -21,7 +21,7 @@ def _store() -> str:
 
 
 def _cpu_key() -> str:
-    from roost.hardware import Probe
+    from roost.machine.hardware import Probe
 
     return Probe().cpu()["model"]
 
@@ -46,7 +46,7 @@ def measure(threads: int, mib_per_thread: int = 128, rounds: int = 5) -> float:
 
 
 def save_measured(gbs: float) -> str:
-    from roost.results import write_json
+    from roost.measure.results import write_json
 
     path = _store()
     data = {}

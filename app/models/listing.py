@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from roost import catalog, fit
-from roost.catalog import GgufFile
+from roost.machine import fit
+from roost.models import catalog
+from roost.models.catalog import GgufFile
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def catalog_offers(machine, n_ctx: int, have=()) -> list[Offer]:
 def mlx_offers(machine, n_ctx: int) -> list[Offer]:
     """The catalog's models that have MLX builds, each build sized from the parameter
     count; `local` marks the builds already downloaded."""
-    from roost import mlx_models
+    from roost.models import mlx_models
 
     offers = []
     for m in catalog.models().values():
@@ -85,7 +86,7 @@ def local_offers(machine, n_ctx: int, have=()) -> list[Offer]:
 
 
 def _file_offer(name: str, path: str, repo_id: str | None, machine, n_ctx: int, description: str) -> Offer:
-    from roost import gguf_info
+    from roost.models import gguf_info
     from roost.errors import ModelFileError
 
     quant = catalog.quant_of(path)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from roost.backends.base import Done, Engine, Message, Params
 from roost.errors import EngineCrashed
-from roost.eval_set import Item
+from roost.measure.eval_set import Item
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import sys
 from roost import __version__
 from roost.backends import ENGINES
 from roost.errors import RoostError, UsageError
-from roost.loading import DEFAULT_CTX
+from roost.models.loading import DEFAULT_CTX
 
 EXIT_INTERRUPTED = 130
 DEFAULT_PORT = 8080
@@ -473,7 +473,8 @@ def _loading_plan(args):
     """(path, name, plan, engine, the planner's option) for run, chat, serve and bench: the
     engine chosen, the model resolved and pulled if need be, and checked to fit before
     anything is loaded."""
-    from roost import catalog, hardware, loading
+    from roost.machine import hardware
+    from roost.models import catalog, loading
 
     ref = catalog.resolve(args.model)
     offload = loading.can_offload()
@@ -497,7 +498,8 @@ def cmd_chat(args) -> int:
 
     params = Params(temperature=args.temperature, seed=args.seed)
     if args.model is None and not args.remote:
-        from roost import hardware, loading
+        from roost.machine import hardware
+        from roost.models import loading
 
         offload = loading.can_offload()
         loading.check_gpu_layers(args.gpu_layers, offload)
@@ -517,7 +519,7 @@ def cmd_serve(args) -> int:
     import ipaddress
     import os
 
-    from roost import server
+    from roost.serve import server
     from roost.backends import load
 
     api_key = _api_key(args)
@@ -552,7 +554,8 @@ def cmd_serve(args) -> int:
 def cmd_bench(args) -> int:
     import time
 
-    from roost import bench, report, results
+    from roost import report
+    from roost.measure import bench, results
     from roost.backends import load
     from roost.backends.base import Cancel
 
@@ -592,7 +595,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from roost import report, results
+    from roost import report
+    from roost.measure import results
 
     if args.history:
         records = results.past("eval", " ".join(args.models) or None)
@@ -664,7 +668,8 @@ def _progress(args, text: str) -> None:
 def _eval_set(args) -> int:
     from dataclasses import asdict
 
-    from roost import eval_set, evaluate, golden, report, results
+    from roost import report
+    from roost.measure import eval_set, evaluate, golden, results
     from roost.backends.base import Cancel
 
     set_name, items = eval_set.load(args.set)  # a bad line is found before any model loads
@@ -710,7 +715,8 @@ def _eval_set(args) -> int:
 
 def _golden(args, model_id: str, run, items, info) -> dict:
     """Store the answers as golden, or compare them with those stored; drift is a warning."""
-    from roost import golden, report
+    from roost import report
+    from roost.measure import golden
 
     old = None if args.golden_update else golden.stored(model_id, run)
     if old is None:
@@ -729,7 +735,8 @@ def _golden(args, model_id: str, run, items, info) -> dict:
 
 
 def _eval_perplexity(args) -> int:
-    from roost import perplexity, report, results
+    from roost import report
+    from roost.measure import perplexity, results
     from roost.backends.base import Cancel
     from roost.errors import EngineCrashed
 
@@ -774,7 +781,9 @@ def _eval_perplexity(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from roost import catalog, fit, gguf_info, hardware, library, loading, report
+    from roost import report
+    from roost.machine import fit, hardware
+    from roost.models import catalog, gguf_info, library, loading
 
     machine = hardware.detect()
     if args.gpu and not (machine.gpus or machine.apple):
@@ -824,7 +833,8 @@ def cmd_fit(args) -> int:
 def _model_file(ref, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
     """A local GGUF for a model reference, downloading it first if need be (asking,
     unless --yes)."""
-    from roost import library, report
+    from roost import report
+    from roost.models import library
 
     if ref.path:
         return ref.path
@@ -842,7 +852,7 @@ def _model_file(ref, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> s
 
 def _mlx_folder(ref, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
     """A local MLX model folder for a reference, pulled first if need be."""
-    from roost import mlx_models
+    from roost.models import mlx_models
 
     if ref.path:
         return ref.path
@@ -903,7 +913,9 @@ class _download_bar:
 
 
 def cmd_pull(args) -> int:
-    from roost import catalog, hardware, library, loading, mlx_models, report
+    from roost import report
+    from roost.machine import hardware
+    from roost.models import catalog, library, loading, mlx_models
 
     machine = hardware.detect()
     ref = catalog.resolve(args.model)
@@ -934,7 +946,9 @@ def cmd_pull(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from roost import fit, gguf_info, hardware, library, report
+    from roost import report
+    from roost.machine import fit, hardware
+    from roost.models import gguf_info, library
     from roost.errors import ModelFileError
 
     have = library.downloaded()
@@ -962,7 +976,8 @@ def cmd_ls(args) -> int:
 
 
 def cmd_rm(args) -> int:
-    from roost import library, report
+    from roost import report
+    from roost.models import library
 
     for d in library.remove(args.model):
         print(f"removed {d.repo_id}/{d.filename} ({report.size(d.size)})")
@@ -970,7 +985,9 @@ def cmd_rm(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from roost import hardware, listing, report
+    from roost import report
+    from roost.machine import hardware
+    from roost.models import listing
 
     offers = [o for o in listing.catalog_offers(hardware.detect(), args.ctx or DEFAULT_CTX) if o.matches(args.text)]
     if args.json:
@@ -989,7 +1006,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from roost import bandwidth, doctor, hardware, report
+    from roost import report
+    from roost.machine import bandwidth, doctor, hardware
 
     if args.measure:
         gbs = bandwidth.measure(hardware.default_threads())

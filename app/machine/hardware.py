@@ -218,13 +218,13 @@ class Probe:
         return int(size) if size else None
 
     def measured_cpu_bandwidth(self) -> float | None:
-        from roost import bandwidth
+        from roost.machine import bandwidth
 
         return bandwidth.load_measured()
 
     def cuda_toolkit(self) -> str | None:
         """The CUDA toolkit's version, which a CUDA build of llama.cpp is compiled with."""
-        from roost import engine_build
+        from roost.machine import engine_build
 
         return engine_build.find_nvcc()[0]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from roost.errors import UsageError
 
-BUILTIN = Path(__file__).resolve().parent / "data" / "eval-basic.jsonl"
+BUILTIN = Path(__file__).resolve().parent.parent / "data" / "eval-basic.jsonl"
 DEFAULT_MAX_TOKENS = 48
 LETTERS = "ABCDEFGHIJ"
 _FIELDS = {"id", "prompt", "system", "max_tokens", "answer", "regex", "choices", "contains"}

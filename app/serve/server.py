@@ -30,10 +30,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from roost import __version__, openai_api
+from roost import __version__
+from roost.serve import openai_api
 from roost.backends.base import Cancel, Done, Engine, Event, Token
 from roost.errors import ContextOverflow, EngineCrashed, RoostError, TemplateError, UsageError
-from roost.openai_api import ApiError
+from roost.serve.openai_api import ApiError
 
 MAX_BODY = 32 * 2**20  # far beyond any context; a guard against memory, not a limit on prompts
 DEFAULT_QUEUE = 16

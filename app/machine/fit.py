@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from roost.hardware import GiB, Machine
+from roost.machine.hardware import GiB, Machine
 
 MiB = 1024**2
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}

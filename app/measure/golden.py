@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from roost.evaluate import ModelResult
+from roost.measure.evaluate import ModelResult
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def file_for(model_id: str, result: ModelResult) -> str:
 
 def record(model_id: str, result: ModelResult, items, info) -> str:
     """Store these answers as the golden ones; returns the file."""
-    from roost.results import write_json
+    from roost.measure.results import write_json
 
     path = file_for(model_id, result)
     data = {"model": model_id, "engine": result.engine, "version": info.version, "device": result.device,

@@ -36,7 +36,8 @@ def plan(path: str, machine, offload: bool, ctx: int | None = None, gpu_layers: 
          threads: int | None = None):
     """(GGUF info, Plan, the planner's Option) for one file on this machine; ModelTooBig
     before any loading."""
-    from roost import fit, gguf_info
+    from roost.machine import fit
+    from roost.models import gguf_info
 
     check_gpu_layers(gpu_layers, offload)
     info = gguf_info.read(path)
@@ -81,7 +82,7 @@ def choose_engine(requested: str | None, ref, machine, n_ctx: int | None = None)
     quant only one engine runs: NAME:Q8_0 is a GGUF, NAME:4bit an MLX build) if it can;
     else, on Apple Silicon, MLX where its best fitting build is about as good as the best
     fitting GGUF (see MLX_SLACK_BPW); else llama.cpp."""
-    from roost import catalog, mlx_models
+    from roost.models import catalog, mlx_models
 
     n_ctx = n_ctx or DEFAULT_CTX
     model = ref.model
@@ -135,7 +136,8 @@ def choose_engine(requested: str | None, ref, machine, n_ctx: int | None = None)
 
 
 def _mlx_or_gguf(model, machine, n_ctx: int, llama: str) -> EngineChoice:
-    from roost import fit, mlx_models
+    from roost.machine import fit
+    from roost.models import mlx_models
 
     built = mlx_models.best(mlx_models.rank(model, machine, n_ctx))
     gguf = fit.rank(model.shape(), model.quants(), min(n_ctx, model.context), machine).pick
@@ -163,7 +165,8 @@ def engine_for(requested: str | None, ref, machine, n_ctx: int | None = None) ->
 def plan_mlx(path: str, machine, ctx: int | None = None):
     """(name, Plan, Option) for an MLX model folder; ModelTooBig before any loading. MLX
     places everything on the GPU of a Mac, and on the CPU elsewhere."""
-    from roost import fit, mlx_models
+    from roost.machine import fit
+    from roost.models import mlx_models
 
     model = mlx_models.local(path)
     n_ctx = context(ctx, model.name, model.shape.n_ctx_train)

@@ -1,0 +1,218 @@
+"""The model commands: pull, ls, rm, search, fit; and getting a model ready to load (found,
+pulled if need be, planned to fit), which run, chat, serve, bench and eval share."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from roost.cli.terminal import confirm, pull_with_progress
+from roost.errors import UsageError
+from roost.models.loading import DEFAULT_CTX
+
+def loading_plan(args):
+    """(path, name, plan, engine, the planner's option) for run, chat, serve and bench: the
+    engine chosen, the model resolved and pulled if need be, and checked to fit before
+    anything is loaded."""
+    from roost.machine import hardware
+    from roost.models import catalog, loading
+
+    ref = catalog.resolve(args.model)
+    offload = loading.can_offload()
+    loading.check_gpu_layers(args.gpu_layers, offload)  # before any download
+    machine = hardware.detect(gpus=offload)
+    engine = loading.engine_for(args.engine, ref, machine)
+    can_ask = sys.stdin is not None and sys.stdin.isatty()
+    if engine == "mlx":
+        path = _mlx_folder(ref, machine, args.ctx, yes=args.yes, can_ask=can_ask)
+        name, plan, option = loading.plan_mlx(path, machine, args.ctx)
+        return path, name, plan, engine, option
+    path = _model_file(ref, machine, args.ctx, yes=args.yes, can_ask=can_ask)
+    info, plan, option = loading.plan(path, machine, offload, args.ctx, args.gpu_layers, args.threads)
+    return path, info.name, plan, engine, option
+
+
+def cmd_fit(args) -> int:
+    from roost import report
+    from roost.machine import fit, hardware
+    from roost.models import catalog, gguf_info, library, loading
+
+    machine = hardware.detect()
+    if args.gpu and not (machine.gpus or machine.apple):
+        why = "; ".join(machine.notes) or "none was found"
+        raise UsageError(f"--gpu asked for, but this machine has no usable GPU ({why})")
+    refs = [catalog.resolve(m) for m in args.models]
+    if all(r.path for r in refs):
+        infos = [gguf_info.read(r.path) for r in refs]
+        shape = fit.Shape.from_gguf(infos[0])
+        for other in infos[1:]:
+            if (other.architecture, other.n_layer, other.n_embd) != (infos[0].architecture, shape.n_layer, shape.n_embd):
+                raise UsageError(f"{other.path} is a different model from {infos[0].path}: give quants of one model")
+        name, limit = infos[0].name, infos[0].n_ctx_train
+        quants = [fit.Quant.from_gguf(i, shape) for i in infos]
+    elif len(refs) == 1:
+        ref = refs[0]
+        if ref.model:
+            shape, quants, name = ref.model.shape(), ref.model.quants(), ref.model.name
+        else:
+            files = catalog.list_repo_gguf(ref.repo)
+            shape = library.remote_shape(ref.repo, min(files, key=lambda f: f.size).files[0])
+            quants, name = [fit.Quant.from_size(shape, f.quant, f.size) for f in files], ref.repo
+        limit = shape.n_ctx_train
+    else:
+        raise UsageError("give one catalog name or Hub repo, or several local .gguf files of one model")
+    n_ctx = loading.context(args.ctx, name, limit)
+    ranking = fit.rank(shape, quants, n_ctx, machine, use_gpu=not args.cpu)
+    # A catalog model may run on MLX instead of these GGUFs: which engine, and why.
+    engine = loading.choose_engine(None, refs[0], machine, n_ctx) if refs[0].model and not args.cpu else None
+    if args.json:
+        b = ranking.budget
+        print(json.dumps({
+            "model": name,
+            "n_ctx": n_ctx,
+            "budget": {"device": b.device, "device_name": b.device_name, "gpu_bytes": b.gpu_bytes,
+                       "host_bytes": b.host_bytes, "margin": b.margin_note},
+            "options": [o.as_dict() for o in ranking.options],
+            "pick": ranking.pick.quant.name if ranking.pick else None,
+            "reason": ranking.reason,
+            "engine": engine.as_dict() if engine else None,
+        }, indent=2))
+    else:
+        print(report.ranking(name, shape, ranking) + (f"\n{engine.line}" if engine else ""))
+    return 0 if ranking.pick or engine and engine.name == "mlx" else 1
+
+
+def _model_file(ref, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
+    """A local GGUF for a model reference, downloading it first if need be (asking,
+    unless --yes)."""
+    from roost import report
+    from roost.models import library
+
+    if ref.path:
+        return ref.path
+    if ref.repo:  # outside the catalog: what is downloaded needs no network to find
+        have = library.find_downloaded(ref.text)
+        if have:
+            return max(have, key=lambda d: d.size).path
+    choice = library.choose(ref, machine, ctx or DEFAULT_CTX)
+    path = library.cached_path(choice.repo_id, choice.file)
+    if path:
+        return path
+    _ask_to_download(ref.text, f"{choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})", yes, can_ask)
+    return pull_with_progress(lambda **kw: library.pull(choice.repo_id, choice.file, **kw))
+
+
+def _mlx_folder(ref, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
+    """A local MLX model folder for a reference, pulled first if need be."""
+    from roost.models import mlx_models
+
+    if ref.path:
+        return ref.path
+    repo = ref.repo or mlx_models.pick(ref.model, machine, ctx or DEFAULT_CTX, ref.quant)[0]
+    folder = mlx_models.cached_dir(repo)
+    if folder:
+        return folder
+    _ask_to_download(ref.text, f"the MLX build {repo}", yes, can_ask)
+    return pull_with_progress(lambda **kw: mlx_models.pull(repo, **kw))
+
+
+def _ask_to_download(text: str, what: str, yes: bool, can_ask: bool) -> None:
+    if yes:
+        return
+    if not can_ask:
+        raise UsageError(f"{text} is not downloaded yet: run `roost pull {text}` first, or add --yes")
+    if not confirm(f"{text} is not downloaded yet. Download {what} now?"):
+        raise UsageError("not downloaded; nothing was changed")
+
+
+def cmd_pull(args) -> int:
+    from roost import report
+    from roost.machine import hardware
+    from roost.models import catalog, library, loading, mlx_models
+
+    machine = hardware.detect()
+    ref = catalog.resolve(args.model)
+    if ref.path:
+        raise UsageError(f"{args.model} is a local file: nothing to pull")
+    engine = loading.choose_engine(args.engine, ref, machine, args.ctx)
+    print(engine.line, file=sys.stderr)
+    if engine.name == "mlx":
+        if ref.model is not None and not ref.quant:  # the MLX builds ranked, as the GGUFs are below
+            ranking = mlx_models.rank(ref.model, machine, args.ctx or DEFAULT_CTX)
+            print(report.ranking(f"{ref.model.name} (MLX builds)", ref.model.shape(), ranking), file=sys.stderr)
+        can_ask = sys.stdin is not None and sys.stdin.isatty()
+        # as for a GGUF below: asked at a terminal, else pulled (pulling is what was asked for)
+        print(_mlx_folder(ref, machine, args.ctx, yes=args.yes or not can_ask, can_ask=can_ask))
+        return 0
+    choice = library.choose(ref, machine, args.ctx or DEFAULT_CTX)
+    if choice.ranking is not None:
+        print(report.ranking(ref.model.name if ref.model else ref.repo, choice.shape, choice.ranking), file=sys.stderr)
+    have = library.cached_path(choice.repo_id, choice.file)
+    if have:
+        print(have)
+        return 0
+    if not args.yes and sys.stdin is not None and sys.stdin.isatty():
+        if not confirm(f"Download {choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})?"):
+            return 1
+    print(pull_with_progress(lambda **kw: library.pull(choice.repo_id, choice.file, **kw)))
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from roost import report
+    from roost.machine import fit, hardware
+    from roost.models import gguf_info, library
+    from roost.errors import ModelFileError
+
+    have = library.downloaded()
+    machine = hardware.detect()
+    rows = [["model", "quant", "size", "fits now", "path"]]
+    out = []
+    for d in have:
+        try:
+            info = gguf_info.read(d.path)
+            _, ranking = fit.for_gguf(info, min(DEFAULT_CTX, info.n_ctx_train or DEFAULT_CTX), machine)
+            fits = report.fits(ranking.options[0], info.n_layer)
+        except ModelFileError:
+            fits = "damaged"
+        name = d.name or d.repo_id
+        out.append({"name": name, "repo": d.repo_id, "file": d.filename, "quant": d.quant, "size": d.size,
+                    "fits": fits, "path": d.path})
+        rows.append([name, d.quant, report.size(d.size), fits, d.path])
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif not have:
+        print("no models downloaded yet (roost pull NAME; roost search TEXT lists the catalog)")
+    else:
+        print(report.table(rows, right={2}))
+    return 0
+
+
+def cmd_rm(args) -> int:
+    from roost import report
+    from roost.models import library
+
+    for d in library.remove(args.model):
+        print(f"removed {d.repo_id}/{d.filename} ({report.size(d.size)})")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from roost import report
+    from roost.machine import hardware
+    from roost.models import listing
+
+    offers = [o for o in listing.catalog_offers(hardware.detect(), args.ctx or DEFAULT_CTX) if o.matches(args.text)]
+    if args.json:
+        print(json.dumps([{"name": o.name, "family": o.family, "params": o.params, "kind": o.kind,
+                           "pick": o.pick.quant.name if o.pick else None, "fits": report.best_fit(o),
+                           "ceiling_tps": o.pick.ceiling_tps if o.pick else None} for o in offers], indent=2))
+    elif not offers:
+        print(f"nothing in the catalog matches {' '.join(args.text)!r}")
+        return 1
+    else:
+        rows = [["name", "family", "params", "kind", "best here", "fits", "ceiling"]]
+        rows += [[o.name, o.family, report.params(o.params), o.kind, o.pick.quant.name if o.pick else "—",
+                  report.best_fit(o), report.ceiling(o.pick)] for o in offers]
+        print(report.table(rows))
+    return 0

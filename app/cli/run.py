@@ -1,0 +1,119 @@
+"""roost run (one answer, streamed) and roost chat (the terminal app), local or --remote."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from roost.cli.models import loading_plan
+from roost.cli.terminal import EXIT_INTERRUPTED, first_interrupt_cancels
+from roost.errors import UsageError
+
+def read_prompt(argument: str) -> str:
+    parts = [argument] if argument else []
+    stdin = sys.stdin
+    if stdin is not None and not stdin.isatty():
+        piped = stdin.buffer.read().decode("utf-8", errors="replace")
+        if piped.strip():
+            parts.append(piped)
+    prompt = "\n\n".join(parts)
+    if not prompt.strip():
+        raise UsageError("the prompt is empty: give it as an argument or pipe it in")
+    return prompt
+
+
+def cmd_run(args) -> int:
+    import time
+
+    from roost import report
+    from roost.backends import load
+    from roost.backends.base import Cancel, Done, Params
+    from roost.session import Session
+
+    if args.remote:
+        if not args.prompt:  # one word after run is the prompt: the server knows its model
+            args.model, args.prompt = None, args.model or ""
+        prompt = read_prompt(args.prompt)
+        loading = time.perf_counter()
+        engine = connect_remote(args)
+        path = f"{engine.url} {engine.model}"
+    else:
+        if args.model is None:
+            raise UsageError("give a model: roost run MODEL PROMPT (or --remote URL)")
+        prompt = read_prompt(args.prompt)
+        path, _, plan, engine_name, _ = loading_plan(args)
+        loading = time.perf_counter()
+        engine = load(path, plan, engine=engine_name)
+    load_s = time.perf_counter() - loading
+    params = Params(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    session = Session(engine, params, system=args.system)
+
+    cancel = Cancel()
+    done: Done | None = None
+    with first_interrupt_cancels(cancel):
+        for event in session.send(prompt, cancel):
+            if isinstance(event, Done):
+                done = event
+            elif not args.json:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+
+    if args.json:
+        print(json.dumps({
+            "model": path,
+            "text": done.text,
+            "stop_reason": done.stats.stop_reason,
+            "load_s": round(load_s, 4),
+            "stats": done.stats.as_dict(),
+            "memory": engine.memory().as_dict(),
+            "engine": engine.info().as_dict(),
+        }, indent=2))
+    else:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if args.stats:
+        print(report.stats_line(done.stats), file=sys.stderr)
+    engine.close()
+    return EXIT_INTERRUPTED if done.stats.stop_reason == "cancelled" else 0
+
+
+def connect_remote(args):
+    """The remote engine for --remote; what only a local model takes is refused."""
+    from roost.backends import connect
+
+    local = [f"--{name.replace('_', '-')}" for name in ("engine", "ctx", "threads", "gpu_layers")
+             if getattr(args, name, None) is not None]
+    if local:
+        raise UsageError(f"{', '.join(local)}: set on the server (roost serve), not with --remote")
+    return connect(args.remote, args.model, api_key_of(args))
+
+
+def api_key_of(args) -> str | None:
+    """--api-key, else ROOST_API_KEY: the same key names a server and its clients."""
+    import os
+
+    return args.api_key or os.environ.get("ROOST_API_KEY") or None
+
+
+def cmd_chat(args) -> int:
+    from roost.backends import load
+    from roost.backends.base import Params
+    from roost.tui.app import RoostApp
+
+    params = Params(temperature=args.temperature, seed=args.seed)
+    if args.model is None and not args.remote:
+        from roost.machine import hardware
+        from roost.models import loading
+
+        offload = loading.can_offload()
+        loading.check_gpu_layers(args.gpu_layers, offload)
+        app = RoostApp(params=params, system=args.system, machine=hardware.detect(gpus=offload),
+                       load_options={"ctx": args.ctx, "gpu_layers": args.gpu_layers, "threads": args.threads})
+    elif args.remote:  # connected before the app opens: an unreachable server is one line here
+        remote = connect_remote(args)
+        app = RoostApp(lambda: remote, f"{remote.model} at {remote.host}", params, system=args.system)
+    else:
+        path, name, plan, engine, _ = loading_plan(args)
+        app = RoostApp(lambda: load(path, plan, engine=engine, isolated=True), name, params, system=args.system)
+    app.run()
+    return 0

@@ -1,4 +1,4 @@
-"""Saved conversations: one JSON-lines file each, in the user data directory.
+"""Saved conversations: one JSON-lines file each, in the history folder (paths.history_dir).
 
 Every message is appended and flushed to disk as it is recorded, so a crash or a
 `kill -9` mid-answer loses at most the answer being written. Lines are records:
@@ -15,20 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 from roost.backends.base import Message, Stats
-
-
-def data_dir() -> str:
-    """Where roost keeps what it records: conversations, benchmark results."""
-    override = os.environ.get("ROOST_DATA_DIR")
-    if override:
-        return override
-    from platformdirs import user_data_dir
-
-    return user_data_dir("roost")
-
-
-def history_dir() -> str:
-    return os.environ.get("ROOST_HISTORY_DIR") or os.path.join(data_dir(), "history")
+from roost.paths import history_dir
 
 
 @dataclass(frozen=True)

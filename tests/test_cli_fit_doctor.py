@@ -96,10 +96,10 @@ def test_doctor_offers_mlx_on_a_mac_and_its_cpu_build_here():
 
 
 def test_doctor_measures_bandwidth_and_fit_uses_it(tmp_path):
-    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    env = {"ROOST_DATA_DIR": str(tmp_path)}  # moves the cache too: the measurement stays out of the user's
     measured = roost("doctor", "--measure", env=env)
     assert measured.returncode == 0 and "GB/s" in measured.stderr
-    saved = json.loads(next(tmp_path.rglob("bandwidth.json")).read_text())
+    saved = json.loads((tmp_path / "cache" / "bandwidth.json").read_text())
     assert list(saved.values())[0] > 0.5
     out = json.loads(roost("fit", "demo", "--json", env=env).stdout)
     assert out["options"][0]["ceiling_tps"] > 0

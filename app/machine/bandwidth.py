@@ -11,13 +11,9 @@ import os
 import threading
 import time
 
+from roost.paths import bandwidth_file
+
 MiB = 1024**2
-
-
-def _store() -> str:
-    from platformdirs import user_cache_dir
-
-    return os.path.join(user_cache_dir("roost"), "bandwidth.json")
 
 
 def _cpu_key() -> str:
@@ -48,7 +44,7 @@ def measure(threads: int, mib_per_thread: int = 128, rounds: int = 5) -> float:
 def save_measured(gbs: float) -> str:
     from roost.measure.results import write_json
 
-    path = _store()
+    path = bandwidth_file()
     data = {}
     if os.path.exists(path):
         try:
@@ -63,7 +59,7 @@ def save_measured(gbs: float) -> str:
 
 def load_measured() -> float | None:
     try:
-        with open(_store()) as f:
+        with open(bandwidth_file()) as f:
             return json.load(f).get(_cpu_key())
     except (OSError, json.JSONDecodeError, AttributeError):
         return None

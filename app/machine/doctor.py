@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 
 from roost.machine import engine_build
 from roost.machine.hardware import Machine
+from roost.paths import self_test_file
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def self_test(fresh: bool = False, timeout_s: float = 120.0) -> SelfTest:
     if about_the_build and os.environ.get("ROOST_TEST_CRASH") is None:
         from roost.measure import results
 
-        results.write_json(_self_test_file(), {**kept, key: asdict(result)})
+        results.write_json(self_test_file(), {**kept, key: asdict(result)})
     return result
 
 
@@ -148,15 +149,9 @@ def _rebuild_line() -> str:
     return replace(build, cmake_args=args).pip_line(f"llama-cpp-python=={version('llama-cpp-python')}", sys.executable)
 
 
-def _self_test_file() -> str:
-    from roost.history import data_dir
-
-    return os.path.join(data_dir(), "engine-self-test.json")
-
-
 def _kept_self_tests() -> dict:
     try:
-        with open(_self_test_file()) as f:
+        with open(self_test_file()) as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}

@@ -42,9 +42,9 @@ def key(model_id: str, engine: str, set_name: str) -> str:
 
 
 def folder() -> str:
-    from roost.history import data_dir
+    from roost.paths import golden_dir
 
-    return os.path.join(data_dir(), "golden")
+    return golden_dir()
 
 
 def file_for(model_id: str, result: ModelResult) -> str:

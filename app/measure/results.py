@@ -9,9 +9,9 @@ import os
 
 
 def path() -> str:
-    from roost.history import data_dir
+    from roost.paths import results_file
 
-    return os.path.join(data_dir(), "results.jsonl")
+    return results_file()
 
 
 def write_json(path: str, data) -> None:

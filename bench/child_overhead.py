@@ -34,8 +34,7 @@ PROMPT = "Write a long story about a dragon who learns to cook."
 # the engine and as the caller gets them; memory before, loaded and after close. JSON on stderr.
 FRESH = r"""
 import json, sys, time
-from roost.backends import memory
-from roost.backends import load
+from roost.backends import load, memory
 from roost.backends.base import Done, Params, Plan, Token
 model, mode, ctx, tokens, prompt = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 PROBES = 9

@@ -21,9 +21,8 @@ PROMPT = "Write a long story about a dragon who learns to cook."
 
 TUI = r"""
 import asyncio, json, sys, time
-from roost.backends import memory
+from roost.backends import load, memory
 from roost.models import catalog
-from roost.backends import load
 from roost.backends.base import Params, Plan
 from roost.tui.app import RoostApp
 tokens = int(sys.argv[1]); prompt = sys.argv[2]

@@ -7,6 +7,7 @@ import sys
 
 from roost.errors import RoostError
 
+
 def cmd_doctor(args) -> int:
     from roost import report
     from roost.machine import bandwidth, doctor, hardware

@@ -11,6 +11,7 @@ from roost.cli.run import api_key_of, connect_remote
 from roost.cli.terminal import first_interrupt_cancels
 from roost.errors import UsageError
 
+
 PPL_CTX = 512  # llama-perplexity's default chunk, so that figures compare with the community's
 
 

@@ -10,6 +10,7 @@ from roost.cli.terminal import confirm, pull_with_progress
 from roost.errors import UsageError
 from roost.models.loading import DEFAULT_CTX
 
+
 def loading_plan(args):
     """(path, name, plan, engine, the planner's option) for run, chat, serve and bench: the
     engine chosen, the model resolved and pulled if need be, and checked to fit before

@@ -9,6 +9,7 @@ from roost.cli.models import loading_plan
 from roost.cli.terminal import EXIT_INTERRUPTED, first_interrupt_cancels
 from roost.errors import UsageError
 
+
 def read_prompt(argument: str) -> str:
     parts = [argument] if argument else []
     stdin = sys.stdin

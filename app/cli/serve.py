@@ -8,6 +8,7 @@ from roost.cli.models import loading_plan
 from roost.cli.run import api_key_of
 from roost.cli.terminal import EXIT_INTERRUPTED
 
+
 def cmd_serve(args) -> int:
     import ipaddress
     import os

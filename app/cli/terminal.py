@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 
-EXIT_INTERRUPTED = 130
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 
 # The signals native code dies of: a crash, an abort (a failed GGML_ASSERT), the OOM killer.

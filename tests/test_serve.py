@@ -289,17 +289,17 @@ def test_run_remote_answers_like_run(cli_server):
     out = json.loads(result.stdout)
     assert "Tokyo" in out["text"] and out["engine"]["engine"] == "remote"
     assert out["stats"]["prompt_tokens"] > 5 and out["stats"]["n_ctx"] == 1024 and out["memory"]["rss_bytes"] > 0
-    piped = roost("run", "--remote", cli_server.url, "demo", input="What is the capital of Japan?", env=env)
+    piped = roost("run", "--remote", cli_server.url, "demo", "-t", "0", input="What is the capital of Japan?", env=env)
     assert "Tokyo" in piped.stdout
 
 
 def test_run_remote_imports_no_engine_and_no_app():
-    code = ("import sys; from roost.cli import main; main(['run', '--remote', 'http://127.0.0.1:1', 'hi']); "
-            "print(sorted(m for m in ('llama_cpp', 'textual', 'mlx', 'huggingface_hub', 'starlette', 'uvicorn') "
-            "if m in sys.modules), file=sys.stderr)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            cwd=ROOT)
-    assert result.stderr.strip().splitlines()[-1] == "[]"
+    # -X importtime logs every import, the forked process's that runs the command included.
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "roost", "run", "--remote", "http://127.0.0.1:1",
+                             "hi"], capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=ROOT)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "roost.backends.remote" in imported  # it did reach for the server
+    assert not {"llama_cpp", "textual", "mlx", "huggingface_hub", "starlette", "uvicorn"} & imported
 
 
 def test_remote_mistakes_get_one_line(cli_server, llama):

@@ -178,7 +178,9 @@ def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus, build: engi
         if build.name != "cpu":
             from importlib.metadata import version
 
-            line = build.pip_line(f"llama-cpp-python=={version('llama-cpp-python')}", sys.executable)
+            # The environment's own pip, as the start screen shows it: a path of this
+            # machine's would make the same advice read differently on every box.
+            line = build.pip_line(f"llama-cpp-python=={version('llama-cpp-python')}")
             out.append(f"{idle} is idle: llama-cpp-python was built for the CPU only. Rebuild it for "
                        f"{engine_build.DEVICE[build.name]}: {line} (or run packaging/install.sh in roost's checkout)")
         elif idle:

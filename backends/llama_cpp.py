@@ -143,7 +143,7 @@ class LlamaCppEngine(TokenLoop):
         self._amx_crash = amx_crash()
         try:
             # Off, llama.cpp's extra buffer types take its AMX path with them (and CPU
-            # weight repacking, which is why install.sh builds without AMX instead).
+            # weight repacking, a few percent: bench/cpu_repack.py).
             with _model_params(use_extra_bufts=not self._amx_crash):
                 self._llm = llama_cpp.Llama(
                     model_path=model_path,

@@ -189,9 +189,10 @@ def advice(machine: Machine, llama: EngineStatus, mlx: EngineStatus, build: engi
         from roost.backends.llama_cpp import build_info
 
         if "AMX_INT8 = 1" in build_info()[2]:
-            out.append(f"this CPU's AMX crashes llama.cpp in this llama-cpp-python ({issue}), and it was built "
-                       "with AMX: roost loads models with llama.cpp's extra buffer types off, which also turns "
-                       f"off weight repacking (slower). Rebuild it without AMX: {build.pip_line(python=sys.executable)}")
+            out.append(f"this CPU's AMX crashes llama.cpp in this llama-cpp-python ({issue}): roost loads models "
+                       "with llama.cpp's extra buffer types off, which keeps it off the AMX path (and off weight "
+                       "repacking: a few percent slower). If the engine still crashes, rebuild without AMX: "
+                       f"{replace(build, cmake_args=build.fallback_args).pip_line(python=sys.executable)}")
     if machine.apple and not mlx.available:
         out.append(f"MLX, the faster engine on Apple Silicon, cannot run: {mlx.detail}")
     if not llama.available:

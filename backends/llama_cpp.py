@@ -97,9 +97,9 @@ def build_info() -> tuple[bool, str, str]:
     return offload, engine_build.device_of(system), system
 
 
-def amx_crash() -> str | None:
+def amx_crash(system_info: str) -> str | None:
     """The upstream issue when this build's AMX path crashes on this CPU, else None."""
-    if "AMX_INT8 = 1" not in build_info()[2]:  # built without AMX: nothing to avoid
+    if "AMX_INT8 = 1" not in system_info:  # built without AMX: nothing to avoid
         return None
     return engine_build.amx_crash(hardware.default_probe().cpu().get("flags", ()), llama_cpp.__version__)
 
@@ -140,7 +140,8 @@ class LlamaCppEngine(TokenLoop):
         self.model_path = model_path
         self.plan = plan
         _LOG.clear()
-        self._amx_crash = amx_crash()
+        self._offload, self._device, self._system = build_info()
+        self._amx_crash = amx_crash(self._system)
         try:
             # Off, llama.cpp's extra buffer types take its AMX path with them (and CPU
             # weight repacking, a few percent: bench/cpu_repack.py).
@@ -171,7 +172,6 @@ class LlamaCppEngine(TokenLoop):
         # llama.cpp pads the context to a multiple of 256, but Llama's token arrays hold
         # only what was asked for: that is the usable window.
         self._n_ctx = min(self._llm.n_ctx(), plan.n_ctx)
-        self._offload, self._device, self._system = build_info()
 
     def _load_failure(self, error: Exception) -> str:
         reasons = [line.split(": ", 1)[-1] for line in _LOG.errors() if "failed to load model" not in line]

@@ -64,7 +64,7 @@ def test_split_files_list_their_parts(tiny):
 
 def test_catalog_entries_plan_like_gguf_files(tiny):
     shape = tiny.shape()
-    assert shape.n_head_kv == (8,) * 16 and shape.kv_elements_per_token == 16 * 8 * 128
+    assert shape.n_head_kv == (8,) * 16 and (shape.head_dim_k, shape.head_dim_v) == (64, 64)
     sizes = [q.file_bytes for q in tiny.quants()]
     assert sizes == [1100000000, 650000000, 400000000]
 

@@ -70,10 +70,6 @@ class Shape:
             n_expert_used=info.n_expert_used,
         )
 
-    @property
-    def kv_elements_per_token(self) -> int:
-        return sum(h * (self.head_dim_k + self.head_dim_v) for h in self.n_head_kv)
-
 
 def _scalar(value) -> int:
     return int(max(value) if isinstance(value, list) else value or 0)

@@ -122,10 +122,6 @@ class GGUFInfo:
         return int(self._arch("expert_used_count", 0))
 
     @property
-    def sliding_window(self) -> int:
-        return int(self._arch("attention.sliding_window", 0))
-
-    @property
     def chat_template(self) -> str | None:
         return self.metadata.get("tokenizer.chat_template")
 
@@ -161,33 +157,6 @@ class GGUFInfo:
         """The type holding most of the weights, as quant names go ("Q4_K", "Q8_0")."""
         big = {k: v for k, v in self.bytes_by_type.items() if k not in ("F32",)}
         return next(iter(big), "F32")
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.tensor_bytes / self.n_params if self.n_params else 0.0
-
-    def summary(self) -> dict:
-        return {
-            "path": self.path,
-            "name": self.name,
-            "architecture": self.architecture,
-            "file_bytes": self.file_bytes,
-            "tensor_bytes": self.tensor_bytes,
-            "n_params": self.n_params,
-            "quant": self.quant,
-            "bits_per_weight": round(self.bits_per_weight, 2),
-            "n_layer": self.n_layer,
-            "n_ctx_train": self.n_ctx_train,
-            "n_embd": self.n_embd,
-            "n_head": self.n_head,
-            "n_head_kv": self.n_head_kv,
-            "head_dim": [self.head_dim_k, self.head_dim_v],
-            "n_vocab": self.n_vocab,
-            "n_expert": self.n_expert,
-            "n_expert_used": self.n_expert_used,
-            "chat_template": self.chat_template is not None,
-            "bytes_by_type": self.bytes_by_type,
-        }
 
 
 def _first(value) -> int:

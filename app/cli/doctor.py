@@ -14,7 +14,7 @@ def cmd_doctor(args) -> int:
 
     if args.measure:
         gbs = bandwidth.measure(hardware.default_threads())
-        where = bandwidth.save_measured(gbs)
+        where = bandwidth.save_measured(gbs, hardware.Probe().cpu()["model"])
         print(f"measured CPU memory bandwidth: {gbs:.1f} GB/s (kept in {where})", file=sys.stderr)
     tested = doctor.self_test(fresh=args.self_test)  # kept per build: it runs once for each
     if args.self_test:

@@ -1,7 +1,8 @@
 """Measured CPU memory bandwidth: the ceiling's numerator where no table has the figure.
 
 `roost doctor --measure` runs the probe and keeps the result per CPU model, so `roost fit`
-can use it afterwards.
+can use it afterwards. The caller names the CPU model (hardware.Probe reads it), so this
+module needs nothing from hardware and hardware can ask it for the figure.
 """
 
 from __future__ import annotations
@@ -14,12 +15,6 @@ import time
 from roost.paths import bandwidth_file
 
 MiB = 1024**2
-
-
-def _cpu_key() -> str:
-    from roost.machine.hardware import Probe
-
-    return Probe().cpu()["model"]
 
 
 def measure(threads: int, mib_per_thread: int = 128, rounds: int = 5) -> float:
@@ -41,7 +36,7 @@ def measure(threads: int, mib_per_thread: int = 128, rounds: int = 5) -> float:
     return best
 
 
-def save_measured(gbs: float) -> str:
+def save_measured(gbs: float, cpu_model: str) -> str:
     from roost.measure.results import write_json
 
     path = bandwidth_file()
@@ -52,14 +47,14 @@ def save_measured(gbs: float) -> str:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError):
             data = {}
-    data[_cpu_key()] = round(gbs, 2)
+    data[cpu_model] = round(gbs, 2)
     write_json(path, data)
     return path
 
 
-def load_measured() -> float | None:
+def load_measured(cpu_model: str) -> float | None:
     try:
         with open(bandwidth_file()) as f:
-            return json.load(f).get(_cpu_key())
+            return json.load(f).get(cpu_model)
     except (OSError, json.JSONDecodeError, AttributeError):
         return None

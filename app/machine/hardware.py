@@ -15,6 +15,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
+from roost.machine import bandwidth
+
 GiB = 1024**3
 
 # Peak memory bandwidth, GB/s, from the makers' spec sheets (apple.com/mac/compare and
@@ -218,9 +220,7 @@ class Probe:
         return int(size) if size else None
 
     def measured_cpu_bandwidth(self) -> float | None:
-        from roost.machine import bandwidth
-
-        return bandwidth.load_measured()
+        return bandwidth.load_measured(self.cpu()["model"])
 
     def cuda_toolkit(self) -> str | None:
         """The CUDA toolkit's version, which a CUDA build of llama.cpp is compiled with."""

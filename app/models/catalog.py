@@ -252,9 +252,9 @@ def list_repo_gguf(repo_id: str) -> list[GgufFile]:
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
-    from roost.models.download import _HubCall
+    from roost.models import download
 
-    with _HubCall(repo_id):
+    with download.hub_errors(repo_id):
         entries = [e for e in HfApi().list_repo_tree(repo_id, recursive=True) if isinstance(e, RepoFile)]
     groups: dict[str, list] = {}
     for e in entries:

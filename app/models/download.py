@@ -16,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,7 +52,7 @@ class Progress:
 OnProgress = Callable[[Progress], None]
 
 
-def _hub_errors(repo_id: str, filename: str | None = None):
+def _hub_error_messages(repo_id: str, filename: str | None = None):
     """Map huggingface-hub's exceptions to one-line errors a user can act on."""
     from huggingface_hub import errors
 
@@ -79,26 +80,23 @@ def _offline() -> bool:
     return constants.is_offline_mode()
 
 
-class _HubCall:
-    """`with _HubCall(repo, file):` turns Hub and network errors into DownloadError."""
-
-    def __init__(self, repo_id: str, filename: str | None = None):
-        self.repo_id, self.filename = repo_id, filename
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb):
-        if error is None or isinstance(error, RoostError):
-            return False
-        for cls, message in _hub_errors(self.repo_id, self.filename):
+@contextmanager
+def hub_errors(repo_id: str, filename: str | None = None):
+    """`with hub_errors(repo, file):` around a call to the Hub turns its errors, and the
+    network's, into one-line DownloadErrors; roost's own errors pass through as they are."""
+    try:
+        yield
+    except RoostError:
+        raise
+    except Exception as error:
+        for cls, message in _hub_error_messages(repo_id, filename):
             if isinstance(error, cls):
                 raise DownloadError(message(error)) from None
         if isinstance(error, (ConnectionError, TimeoutError)) or type(error).__module__.startswith(("httpx", "requests", "urllib3")):
-            raise DownloadError(f"cannot reach the Hub for {self.repo_id}: {error}") from None
+            raise DownloadError(f"cannot reach the Hub for {repo_id}: {error}") from None
         if isinstance(error, OSError):  # the disk filled up, or the client's size check failed
-            raise DownloadError(f"downloading {self.filename or self.repo_id} failed: {error.strerror or error}") from None
-        return False
+            raise DownloadError(f"downloading {filename or repo_id} failed: {error.strerror or error}") from None
+        raise
 
 
 def _progress_class(filename: str, on_progress: OnProgress | None, cancel: Cancel):
@@ -137,7 +135,7 @@ class RemoteFile:
 def remote_file(repo_id: str, filename: str, revision: str | None = None) -> RemoteFile:
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
-    with _HubCall(repo_id, filename):
+    with hub_errors(repo_id, filename):
         dry = hf_hub_download(repo_id, filename, revision=revision, dry_run=True)
         sha = None
         if not _offline():
@@ -289,7 +287,7 @@ def download(repo_id: str, filename: str, revision: str | None = None, *,
     if tail:
         tail.start()
     try:
-        with _HubCall(repo_id, filename):
+        with hub_errors(repo_id, filename):
             path = hf_hub_download(
                 repo_id, filename, revision=revision,
                 tqdm_class=_progress_class(filename, on_progress, cancel),

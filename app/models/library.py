@@ -32,7 +32,7 @@ def remote_shape(repo_id: str, filename: str) -> fit.Shape:
     from roost.models import gguf_info
 
     size = HEADER_PROBE
-    with download._HubCall(repo_id, filename):
+    with download.hub_errors(repo_id, filename):
         while True:
             data = _first_bytes(get_session(), hf_hub_url(repo_id, filename), build_hf_headers(), size,
                                 hf_raise_for_status)

@@ -241,9 +241,9 @@ def remote_files(repo_id: str) -> list[tuple[str, int]]:
     """(file, size) of what mlx-lm needs from the repo."""
     from huggingface_hub import HfApi
 
-    from roost.models.download import _HubCall
+    from roost.models import download
 
-    with _HubCall(repo_id):
+    with download.hub_errors(repo_id):
         info = HfApi().model_info(repo_id, files_metadata=True)
     files = [(s.rfilename, s.size or 0) for s in info.siblings or []
              if "/" not in s.rfilename and any(fnmatch.fnmatch(s.rfilename, p) for p in NEEDED)]

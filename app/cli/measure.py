@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from roost.cli.models import loading_plan
+from roost.cli.models import downloads, prepare
 from roost.cli.run import api_key_of, connect_remote
 from roost.cli.terminal import first_interrupt_cancels
 from roost.errors import UsageError
@@ -39,10 +38,11 @@ def cmd_bench(args) -> int:
         if args.model is None:
             raise UsageError("give a model: roost bench MODEL (or --remote URL, or --history)")
         args.ctx = args.ctx or args.pp + args.tg + 64  # room for the runs, and no more memory than they need
-        path, name, plan, engine_name, option = loading_plan(args)
+        model = prepare(args)
+        name = model.name
         loading = time.perf_counter()
-        engine = load(path, plan, engine=engine_name)
-        load_s, ceiling = time.perf_counter() - loading, option.ceiling_tps
+        engine = load(model.path, model.plan, engine=model.engine)
+        load_s, ceiling = time.perf_counter() - loading, model.option.ceiling_tps
     cancel = Cancel()
     try:
         with first_interrupt_cancels(cancel):
@@ -96,21 +96,22 @@ def _eval_models(args, ctx: int | None):
 
     from roost.backends import connect, load
     from roost.errors import EngineCrashed
-
-    prepared = []
+    from roost.models import loading
     from roost.report import labels
 
+    prepared = []  # (spec, name shown, Prepared or None for a server)
     for spec, name in zip(args.models, labels(args.models)):
         if spec.startswith(("http://", "https://")):
-            prepared.append((spec, name, None, None, None))
+            prepared.append((spec, name, None))
         else:
-            path, _, plan, engine_name, _ = loading_plan(argparse.Namespace(**{**vars(args), "model": spec, "ctx": ctx}))
-            prepared.append((spec, name, path, plan, engine_name))
-    for spec, name, path, plan, engine_name in prepared:
+            prepared.append((spec, name, loading.prepare(spec, ctx=ctx, engine=args.engine, gpu_layers=args.gpu_layers,
+                                                         threads=args.threads, fetch=downloads(yes=args.yes))))
+    for spec, name, model in prepared:
+        path = model and model.path
         started = time.perf_counter()
         try:
-            engine = (connect(spec, None, api_key_of(args)) if path is None
-                      else load(path, plan, engine=engine_name, isolated=True))
+            engine = (connect(spec, None, api_key_of(args)) if model is None
+                      else load(model.path, model.plan, engine=model.engine, isolated=True))
         except EngineCrashed as crash:
             yield name, path, None, None, crash
             continue

@@ -1,5 +1,6 @@
-"""The model commands: pull, ls, rm, search, fit; and getting a model ready to load (found,
-pulled if need be, planned to fit), which run, chat, serve, bench and eval share."""
+"""The model commands: pull, ls, rm, search, fit; and the command line's side of getting a
+model ready to load (loading.prepare with the options given, asking before a download),
+which run, chat, serve, bench and eval share."""
 
 from __future__ import annotations
 
@@ -11,26 +12,24 @@ from roost.errors import UsageError
 from roost.models.loading import DEFAULT_CTX
 
 
-def loading_plan(args):
-    """(path, name, plan, engine, the planner's option) for run, chat, serve and bench: the
-    engine chosen, the model resolved and pulled if need be, and checked to fit before
-    anything is loaded."""
-    from roost.machine import hardware
-    from roost.models import catalog, loading
+def prepare(args, model: str | None = None):
+    """loading.prepare with what run, chat, serve and bench were given: MODEL, --ctx,
+    --engine, --gpu-layers, --threads, and -y for what is not downloaded yet."""
+    from roost.models import loading
 
-    ref = catalog.resolve(args.model)
-    offload = loading.can_offload()
-    loading.check_gpu_layers(args.gpu_layers, offload)  # before any download
-    machine = hardware.detect(gpus=offload)
-    engine = loading.engine_for(args.engine, ref, machine)
+    return loading.prepare(args.model if model is None else model, ctx=args.ctx, engine=args.engine,
+                           gpu_layers=args.gpu_layers, threads=args.threads, fetch=downloads(yes=args.yes))
+
+
+def downloads(*, yes: bool):
+    """loading.prepare's fetch for the command line: download with a progress bar, after
+    asking at a terminal (unless --yes); with no terminal to ask at, say how to pull it."""
     can_ask = sys.stdin is not None and sys.stdin.isatty()
-    if engine == "mlx":
-        path = _mlx_folder(ref, machine, args.ctx, yes=args.yes, can_ask=can_ask)
-        name, plan, option = loading.plan_mlx(path, machine, args.ctx)
-        return path, name, plan, engine, option
-    path = _model_file(ref, machine, args.ctx, yes=args.yes, can_ask=can_ask)
-    info, plan, option = loading.plan(path, machine, offload, args.ctx, args.gpu_layers, args.threads)
-    return path, info.name, plan, engine, option
+
+    def fetch(text: str, what: str, pull) -> str:
+        _ask_to_download(text, what, yes, can_ask)
+        return pull_with_progress(pull)
+    return fetch
 
 
 def cmd_fit(args) -> int:
@@ -83,40 +82,6 @@ def cmd_fit(args) -> int:
     return 0 if ranking.pick or engine and engine.name == "mlx" else 1
 
 
-def _model_file(ref, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
-    """A local GGUF for a model reference, downloading it first if need be (asking,
-    unless --yes)."""
-    from roost import report
-    from roost.models import library
-
-    if ref.path:
-        return ref.path
-    if ref.repo:  # outside the catalog: what is downloaded needs no network to find
-        have = library.find_downloaded(ref.text)
-        if have:
-            return max(have, key=lambda d: d.size).path
-    choice = library.choose(ref, machine, ctx or DEFAULT_CTX)
-    path = library.cached_path(choice.repo_id, choice.file)
-    if path:
-        return path
-    _ask_to_download(ref.text, f"{choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})", yes, can_ask)
-    return pull_with_progress(lambda **kw: library.pull(choice.repo_id, choice.file, **kw))
-
-
-def _mlx_folder(ref, machine, ctx: int | None, *, yes: bool, can_ask: bool) -> str:
-    """A local MLX model folder for a reference, pulled first if need be."""
-    from roost.models import mlx_models
-
-    if ref.path:
-        return ref.path
-    repo = ref.repo or mlx_models.pick(ref.model, machine, ctx or DEFAULT_CTX, ref.quant)[0]
-    folder = mlx_models.cached_dir(repo)
-    if folder:
-        return folder
-    _ask_to_download(ref.text, f"the MLX build {repo}", yes, can_ask)
-    return pull_with_progress(lambda **kw: mlx_models.pull(repo, **kw))
-
-
 def _ask_to_download(text: str, what: str, yes: bool, can_ask: bool) -> None:
     if yes:
         return
@@ -143,7 +108,7 @@ def cmd_pull(args) -> int:
             print(report.ranking(f"{ref.model.name} (MLX builds)", ref.model.shape(), ranking), file=sys.stderr)
         can_ask = sys.stdin is not None and sys.stdin.isatty()
         # as for a GGUF below: asked at a terminal, else pulled (pulling is what was asked for)
-        print(_mlx_folder(ref, machine, args.ctx, yes=args.yes or not can_ask, can_ask=can_ask))
+        print(loading.mlx_folder(ref, machine, args.ctx, downloads(yes=args.yes or not can_ask)))
         return 0
     choice = library.choose(ref, machine, args.ctx or DEFAULT_CTX)
     if choice.ranking is not None:

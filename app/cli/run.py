@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from roost.cli.models import loading_plan
+from roost.cli.models import prepare
 from roost.cli.terminal import EXIT_INTERRUPTED, first_interrupt_cancels
 from roost.errors import UsageError
 
@@ -42,9 +42,10 @@ def cmd_run(args) -> int:
         if args.model is None:
             raise UsageError("give a model: roost run MODEL PROMPT (or --remote URL)")
         prompt = read_prompt(args.prompt)
-        path, _, plan, engine_name, _ = loading_plan(args)
+        model = prepare(args)
+        path = model.path
         loading = time.perf_counter()
-        engine = load(path, plan, engine=engine_name)
+        engine = load(model.path, model.plan, engine=model.engine)
     load_s = time.perf_counter() - loading
     params = Params(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     session = Session(engine, params, system=args.system)
@@ -114,7 +115,8 @@ def cmd_chat(args) -> int:
         remote = connect_remote(args)
         app = RoostApp(lambda: remote, f"{remote.model} at {remote.host}", params, system=args.system)
     else:
-        path, name, plan, engine, _ = loading_plan(args)
-        app = RoostApp(lambda: load(path, plan, engine=engine, isolated=True), name, params, system=args.system)
+        model = prepare(args)
+        app = RoostApp(lambda: load(model.path, model.plan, engine=model.engine, isolated=True), model.name, params,
+                       system=args.system)
     app.run()
     return 0

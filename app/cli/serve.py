@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from roost.cli.models import loading_plan
+from roost.cli.models import prepare
 from roost.cli.run import api_key_of
 from roost.cli.terminal import EXIT_INTERRUPTED
 
@@ -18,8 +18,8 @@ def cmd_serve(args) -> int:
 
     api_key = api_key_of(args)
     sock = server.listen(args.host, args.port)  # a taken port is said before minutes of loading
-    path, _, plan, engine_name, _ = loading_plan(args)
-    engine = load(path, plan, engine=engine_name, isolated=True)
+    model = prepare(args)
+    engine = load(model.path, model.plan, engine=model.engine, isolated=True)
     given = args.model
     model_id = args.name or (os.path.basename(os.path.normpath(given)).removesuffix(".gguf")
                              if os.path.exists(given) else given)

@@ -4,10 +4,95 @@ anything is loaded. The command line and the chat app load models the same way."
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable
 
 from roost.errors import UsageError
 
+if TYPE_CHECKING:
+    from roost.machine.fit import Option, Plan
+
 DEFAULT_CTX = 4096  # memory for the whole context is taken up front: not the model's maximum
+
+
+# What to do with a model that is not here yet: fetch(text, what, pull) is given the
+# reference as typed, what would be downloaded in words, and the download itself (pull(**kw),
+# which returns the path), and returns the path or raises. The command line asks first at a
+# terminal and shows progress; see cli.models.downloads.
+Fetch = Callable[[str, str, Callable[..., str]], str]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model ready to load: found (downloaded if need be), its engine chosen, and checked
+    to fit, before anything is loaded."""
+
+    path: str  # a .gguf file or an MLX model folder
+    name: str
+    plan: Plan  # how to load it: what backends.load takes
+    engine: str  # "llama" or "mlx"
+    option: Option  # the planner's view of it: memory, where it fits, the speed ceiling
+
+
+def prepare(model: str, *, ctx: int | None = None, engine: str | None = None, gpu_layers: int | None = None,
+            threads: int | None = None, machine=None, fetch: Fetch | None = None) -> Prepared:
+    """A model reference (anything MODEL takes) made ready to load: run, chat, serve, bench,
+    eval and the chat app's model list all go through here. engine is the one asked for
+    (None: chosen); machine is detected if not given; without fetch, a model that is not
+    downloaded yet is an error."""
+    from roost.machine import hardware
+    from roost.models import catalog
+
+    ref = catalog.resolve(model)
+    offload = can_offload()
+    check_gpu_layers(gpu_layers, offload)  # before any download
+    if machine is None:
+        machine = hardware.detect(gpus=offload)
+    chosen = engine_for(engine, ref, machine)
+    if chosen == "mlx":
+        path = mlx_folder(ref, machine, ctx, fetch)
+        name, plan_, option = plan_mlx(path, machine, ctx)
+        return Prepared(path, name, plan_, chosen, option)
+    path = model_file(ref, machine, ctx, fetch)
+    info, plan_, option = plan(path, machine, offload, ctx, gpu_layers, threads)
+    return Prepared(path, info.name, plan_, chosen, option)
+
+
+def model_file(ref, machine, ctx: int | None, fetch: Fetch | None) -> str:
+    """A local GGUF for a model reference, fetched first if need be."""
+    from roost import report
+    from roost.models import library
+
+    if ref.path:
+        return ref.path
+    if ref.repo:  # outside the catalog: what is downloaded needs no network to find
+        have = library.find_downloaded(ref.text)
+        if have:
+            return max(have, key=lambda d: d.size).path
+    choice = library.choose(ref, machine, ctx or DEFAULT_CTX)
+    path = library.cached_path(choice.repo_id, choice.file)
+    if path:
+        return path
+    return _fetch(fetch, ref.text, f"{choice.repo_id}/{choice.file.file} ({report.size(choice.file.size)})",
+                  lambda **kw: library.pull(choice.repo_id, choice.file, **kw))
+
+
+def mlx_folder(ref, machine, ctx: int | None, fetch: Fetch | None) -> str:
+    """A local MLX model folder for a reference, fetched first if need be."""
+    from roost.models import mlx_models
+
+    if ref.path:
+        return ref.path
+    repo = ref.repo or mlx_models.pick(ref.model, machine, ctx or DEFAULT_CTX, ref.quant)[0]
+    folder = mlx_models.cached_dir(repo)
+    if folder:
+        return folder
+    return _fetch(fetch, ref.text, f"the MLX build {repo}", lambda **kw: mlx_models.pull(repo, **kw))
+
+
+def _fetch(fetch: Fetch | None, text: str, what: str, pull: Callable[..., str]) -> str:
+    if fetch is None:
+        raise UsageError(f"{text} is not downloaded yet: run `roost pull {text}` first")
+    return fetch(text, what, pull)
 
 
 def context(requested: int | None, name: str, trained: int) -> int:

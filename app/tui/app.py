@@ -70,18 +70,14 @@ class RoostApp(App):
         from roost.backends import load
 
         try:
-            if self.engine_name == "mlx":
-                name, plan, _ = loading.plan_mlx(path, self.here, self.load_options.get("ctx"))
-            else:
-                info, plan, _ = loading.plan(path, self.here, loading.can_offload(), **self.load_options)
-                name = info.name
+            model = loading.prepare(path, engine=self.engine_name, machine=self.here, **self.load_options)
         except RoostError as e:
             self.notify(str(e), severity="error", timeout=15)
             self.pick_model(self.engine_name)
             return
-        engine = self.engine_name
-        self.model_name = self.sub_title = name
-        chat = ChatScreen(lambda: load(path, plan, engine=engine, isolated=True), self.params, self.system, name)
+        self.model_name = self.sub_title = model.name
+        chat = ChatScreen(lambda: load(model.path, model.plan, engine=model.engine, isolated=True), self.params,
+                          self.system, model.name)
         if isinstance(self.screen, ChatScreen):  # picked from a chat: the new one replaces it
             self.switch_screen(chat)
         else:

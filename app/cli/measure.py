@@ -195,8 +195,7 @@ def _golden(args, model_id: str, run, items, info) -> dict:
             print(report.drift(run.model, drift, golden.diff), file=sys.stderr)
         else:
             print(f"roost: {run.model} gives its golden outputs, all {len(run.answers)} of them", file=sys.stderr)
-    return {"changed": [{"id": i, "golden": old_text, "now": new} for i, old_text, new in drift.changed],
-            "missing": drift.missing, "new": drift.new, "reworded": drift.reworded, "recorded": drift.recorded}
+    return drift.as_dict()
 
 
 def _eval_perplexity(args) -> int:

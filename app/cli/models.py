@@ -66,17 +66,8 @@ def cmd_fit(args) -> int:
     # A catalog model may run on MLX instead of these GGUFs: which engine, and why.
     engine = loading.choose_engine(None, refs[0], machine, n_ctx) if refs[0].model and not args.cpu else None
     if args.json:
-        b = ranking.budget
-        print(json.dumps({
-            "model": name,
-            "n_ctx": n_ctx,
-            "budget": {"device": b.device, "device_name": b.device_name, "gpu_bytes": b.gpu_bytes,
-                       "host_bytes": b.host_bytes, "margin": b.margin_note},
-            "options": [o.as_dict() for o in ranking.options],
-            "pick": ranking.pick.quant.name if ranking.pick else None,
-            "reason": ranking.reason,
-            "engine": engine.as_dict() if engine else None,
-        }, indent=2))
+        print(json.dumps({"model": name, **ranking.as_dict(), "engine": engine.as_dict() if engine else None},
+                         indent=2))
     else:
         print(report.ranking(name, shape, ranking) + (f"\n{engine.line}" if engine else ""))
     return 0 if ranking.pick or engine and engine.name == "mlx" else 1
@@ -141,10 +132,8 @@ def cmd_ls(args) -> int:
             fits = report.fits(ranking.options[0], info.n_layer)
         except ModelFileError:
             fits = "damaged"
-        name = d.name or d.repo_id
-        out.append({"name": name, "repo": d.repo_id, "file": d.filename, "quant": d.quant, "size": d.size,
-                    "fits": fits, "path": d.path})
-        rows.append([name, d.quant, report.size(d.size), fits, d.path])
+        out.append(d.as_dict(fits))
+        rows.append([d.name or d.repo_id, d.quant, report.size(d.size), fits, d.path])
     if args.json:
         print(json.dumps(out, indent=2))
     elif not have:
@@ -170,9 +159,7 @@ def cmd_search(args) -> int:
 
     offers = [o for o in listing.catalog_offers(hardware.detect(), args.ctx or DEFAULT_CTX) if o.matches(args.text)]
     if args.json:
-        print(json.dumps([{"name": o.name, "family": o.family, "params": o.params, "kind": o.kind,
-                           "pick": o.pick.quant.name if o.pick else None, "fits": report.best_fit(o),
-                           "ceiling_tps": o.pick.ceiling_tps if o.pick else None} for o in offers], indent=2))
+        print(json.dumps([o.as_dict() for o in offers], indent=2))
     elif not offers:
         print(f"nothing in the catalog matches {' '.join(args.text)!r}")
         return 1

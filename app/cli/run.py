@@ -61,15 +61,7 @@ def cmd_run(args) -> int:
                 sys.stdout.flush()
 
     if args.json:
-        print(json.dumps({
-            "model": path,
-            "text": done.text,
-            "stop_reason": done.stats.stop_reason,
-            "load_s": round(load_s, 4),
-            "stats": done.stats.as_dict(),
-            "memory": engine.memory().as_dict(),
-            "engine": engine.info().as_dict(),
-        }, indent=2))
+        print(json.dumps(answer_dict(path, done, load_s, engine), indent=2))
     else:
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -77,6 +69,13 @@ def cmd_run(args) -> int:
         print(report.stats_line(done.stats), file=sys.stderr)
     engine.close()
     return EXIT_INTERRUPTED if done.stats.stop_reason == "cancelled" else 0
+
+
+def answer_dict(model: str, done, load_s: float, engine) -> dict:
+    """roost run --json: the answer (a Done), what ran it and how fast; model is the path,
+    or the server's URL and model."""
+    return {"model": model, "text": done.text, "stop_reason": done.stats.stop_reason, "load_s": round(load_s, 4),
+            "stats": done.stats.as_dict(), "memory": engine.memory().as_dict(), "engine": engine.info().as_dict()}
 
 
 def connect_remote(args):

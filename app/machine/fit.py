@@ -245,6 +245,10 @@ class Budget:
     margin_note: str
     gpu_runtime: int = 0
 
+    def as_dict(self) -> dict:
+        return {"device": self.device, "device_name": self.device_name, "gpu_bytes": self.gpu_bytes,
+                "host_bytes": self.host_bytes, "margin": self.margin_note}
+
 
 def budget(machine: Machine, use_gpu: bool = True) -> Budget:
     ram_margin = max(int(0.10 * machine.ram_total_bytes), 1 * GiB)
@@ -358,6 +362,10 @@ class Ranking:
     reason: str
     budget: Budget
     n_ctx: int = 0
+
+    def as_dict(self) -> dict:
+        return {"n_ctx": self.n_ctx, "budget": self.budget.as_dict(), "options": [o.as_dict() for o in self.options],
+                "pick": self.pick.quant.name if self.pick else None, "reason": self.reason}
 
 
 def rank(shape: Shape, quants: list[Quant], n_ctx: int, machine: Machine, use_gpu: bool = True) -> Ranking:

@@ -24,6 +24,10 @@ class Drift:
     new: list[str]  # items run now but never stored
     reworded: list[str]  # items whose prompt changed since: not compared
 
+    def as_dict(self) -> dict:
+        return {"changed": [{"id": i, "golden": old, "now": new} for i, old, new in self.changed],
+                "missing": self.missing, "new": self.new, "reworded": self.reworded, "recorded": self.recorded}
+
 
 def identity(path: str) -> str:
     """A model as the same bytes under any folder: its name and size (a folder's files)."""

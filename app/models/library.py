@@ -120,6 +120,11 @@ class Downloaded:
     quant: str
     name: str | None  # the catalog name, if the repo is in the catalog
 
+    def as_dict(self, fits: str) -> dict:
+        """As `roost ls --json` lists it, with how it fits here now (report.fits)."""
+        return {"name": self.name or self.repo_id, "repo": self.repo_id, "file": self.filename, "quant": self.quant,
+                "size": self.size, "fits": fits, "path": self.path}
+
 
 def downloaded() -> list[Downloaded]:
     """Every GGUF in the HF cache (split parts shown as their first part)."""

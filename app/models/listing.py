@@ -29,6 +29,14 @@ class Offer:
     def pick(self) -> fit.Option | None:
         return self.ranking.pick if self.ranking else None
 
+    def as_dict(self) -> dict:
+        """As `roost search --json` lists it."""
+        from roost import report
+
+        return {"name": self.name, "family": self.family, "params": self.params, "kind": self.kind,
+                "pick": self.pick.quant.name if self.pick else None, "fits": report.best_fit(self),
+                "ceiling_tps": self.pick.ceiling_tps if self.pick else None}
+
     def matches(self, words: list[str]) -> bool:
         text = " ".join((self.name, self.family, self.description, self.kind)).lower()
         return all(w.lower() in text for w in words)

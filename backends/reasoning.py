@@ -59,7 +59,7 @@ HARMONY = ReasoningFormat("harmony", "<|channel|>analysis<|message|>", "<|end|>"
 _HARMONY_TAGS = ("<|start|>", "<|channel|>", "<|constrain|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>")
 _HARMONY_ENDS = ("<|start|>", "<|end|>", "<|return|>", "<|call|>")
 
-# The most particular first: harmony and Seed templates may mention <think> as well.
+# No real template seen names two of these; were one to, the more particular wins.
 FORMATS = (HARMONY, SEED, MISTRAL, GEMMA, COHERE, THINK)
 _ANSWER_WRAPPERS = (("<response>", "</response>"), ("<answer>", "</answer>"))
 
@@ -199,9 +199,7 @@ class Splitter:
             self._enter(REASONING)
         elif tag == fmt.close and self.kind == REASONING:
             self._enter(ANSWER)
-        elif tag in fmt.drop:
-            self._trim = True
-        # Any other tag is out of place (a nested <think>, a stray </think>): dropped, as a
+        # Any other tag (an answer wrapper, a nested <think>, a stray </think>) is dropped: a
         # tag is structure wherever it comes, even in an answer that talks about tags.
 
     def _text(self, text: str, out: list[Piece]) -> None:

@@ -47,9 +47,9 @@ STREAMS = {
     "gpt-oss-tool": ("openai-gpt-oss-120b.jinja", [
         "<|channel|>", "analysis", "<|message|>", "I", "'m", "\n", "thinking", "<|end|>",
         "<|start|>", "assistant", "<|channel|>", "commentary", "<|message|>", "Let", " me", " look", ".", "<|end|>",
-        "<|start|>", "assistant", "<|channel|>", "commentary", " to", "=functions", ".special", "_function", " ",
-        "<|constrain|>", "json", "<|message|>", '{"', "arg", "1", '":', " 1", "}", "<|call|>",
-    ], {REASONING: "I'm\nthinking", COMMENTARY: 'Let me look.{"arg1": 1}'}),
+        "<|start|>", "assistant", "<|channel|>", "commentary", " to", "=functions", ".f", " ",
+        "<|constrain|>", "json", "<|message|>", '{"', "a", '":', " 1", "}", "<|call|>",
+    ], {REASONING: "I'm\nthinking", COMMENTARY: 'Let me look.{"a": 1}'}),
     "magistral": ("mistralai-Ministral-3-3B-Reasoning-2512.jinja", [
         "[THINK]", "Simple", " arithmetic", ":", " 2", "+", "2", "=", "4", ".", "[/THINK]", "The", " answer", " is", " 4", ".",
     ], {REASONING: "Simple arithmetic: 2+2=4.", ANSWER: "The answer is 4."}),
@@ -130,6 +130,7 @@ def test_tokens_are_counted_apart_and_tags_count_with_the_thought():
     for token in tokens:
         splitter.feed(token)
     assert splitter.tokens == {REASONING: 11, ANSWER: 6}  # <think> … </think>; "\n\n" and five words
+    assert splitter.thought_tokens == 11  # the last thought's, for the budget: the answer is not in it
 
     fmt, tokens, _ = stream("gpt-oss")
     splitter = reasoning.Splitter(fmt)

@@ -143,6 +143,7 @@ class Splitter:
         harmony = fmt is not None and fmt.name == "harmony"
         self._tags = _Tags(_HARMONY_TAGS if harmony else (fmt.open, fmt.close, *fmt.drop) if fmt else ())
         self._header = ""  # harmony: the header being read
+        self._tagged = False  # whether any tag came at all
         self._trim = fmt is not None  # drop leading whitespace until text comes
         self._ws = ""  # whitespace at the end of a thought, dropped if the thought ends there
 
@@ -171,9 +172,12 @@ class Splitter:
 
     def flush(self) -> list[Piece]:
         """What was held back, at the end of the stream: a stream cut inside a thought ends
-        as thought; an unfinished harmony header is dropped."""
+        as thought; an unfinished harmony header is dropped, unless no tag came at all (an
+        engine that hides control tokens would otherwise lose the whole answer)."""
         out: list[Piece] = []
         self._text(self._tags.flush(), out)
+        if self.kind == CONTROL and not self._tagged and self._header:
+            out.append(Piece(ANSWER, self._header))
         if self._ws:
             out.append(Piece(REASONING, self._ws))
         self._ws = self._header = ""
@@ -186,7 +190,7 @@ class Splitter:
         self.kind, self._trim = kind, True
 
     def _tag(self, tag: str) -> None:
-        fmt = self.fmt
+        fmt, self._tagged = self.fmt, True
         if fmt.name == "harmony":
             if self.kind == CONTROL and tag == "<|message|>":
                 self._enter(_channel(self._header))
@@ -254,9 +258,12 @@ def control(template: str | None, fmt: ReasoningFormat | None, think: str | None
         raise UsageError(f"--think takes {', '.join(THINK_SETTINGS)}, not {think!r}")
     if budget is not None and budget < 0:
         raise UsageError(f"--think-budget is a number of tokens, 0 or more, not {budget}")
-    if fmt is None or think is None:
-        return Control({}, budget if fmt else None)
     template, off = template or "", think == "off"
+    if fmt is None:
+        return Control({}, None)
+    if think is None:  # the model's own default; Seed-OSS is told its budget in the prompt
+        told = budget is not None and "thinking_budget" in template
+        return Control({"thinking_budget": budget} if told else {}, budget)
     if "reasoning_effort" in template:
         # gpt-oss always writes an analysis; off asks for the least and closes it at once.
         return Control({"reasoning_effort": "low" if off else think if think in EFFORTS else "medium"},

@@ -36,7 +36,8 @@ STREAMS = {
     ], {REASONING: "The user asks for the capital.", ANSWER: "Paris is the capital."}),
     # The R1 distills' template ends the prompt with "<think>\n": the stream starts inside.
     "r1-distill": ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", [
-        "Okay", ",", " 2", "+", "2", " is", " 4", ".\n", "</think>", "\n\n", "The", " answer", " is", " **", "4", "**.",
+        "Okay", ",", " 2", "+", "2", " is", " 4", ".\n", "</think>", "\n\n",
+        "The", " answer", " is", " **", "4", "**.",
     ], {REASONING: "Okay, 2+2 is 4.", ANSWER: "The answer is **4**."}),
     "gpt-oss": ("openai-gpt-oss-120b.jinja", [
         "<|channel|>", "analysis", "<|message|>", "I", "'m", "\n", "thinking", "<|end|>",
@@ -51,10 +52,12 @@ STREAMS = {
         "<|constrain|>", "json", "<|message|>", '{"', "a", '":', " 1", "}", "<|call|>",
     ], {REASONING: "I'm\nthinking", COMMENTARY: 'Let me look.{"a": 1}'}),
     "magistral": ("mistralai-Ministral-3-3B-Reasoning-2512.jinja", [
-        "[THINK]", "Simple", " arithmetic", ":", " 2", "+", "2", "=", "4", ".", "[/THINK]", "The", " answer", " is", " 4", ".",
+        "[THINK]", "Simple", " arithmetic", ":", " 2", "+", "2", "=", "4", ".", "[/THINK]",
+        "The", " answer", " is", " 4", ".",
     ], {REASONING: "Simple arithmetic: 2+2=4.", ANSWER: "The answer is 4."}),
     "seed-oss": ("ByteDance-Seed-OSS.jinja", [
-        "<seed:think>", "I", "'m", " thinking", " about", " the", " answer", "</seed:think>", "Hello", ",", " world", "!",
+        "<seed:think>", "I", "'m", " thinking", " about", " the", " answer", "</seed:think>",
+        "Hello", ",", " world", "!",
     ], {REASONING: "I'm thinking about the answer", ANSWER: "Hello, world!"}),
     "granite": ("ibm-granite-granite-3.3-2B-Instruct.jinja", [
         "<think>", "I", "'m", "\n", "thinking", "</think>", "<response>", "Hello", ",", " world", "!\n",
@@ -162,6 +165,14 @@ def test_a_stream_cut_inside_a_thought_ends_as_thought():
     assert joined(pieces) == {REASONING: "Okay.</th"}
 
 
+def test_harmony_text_with_no_header_at_all_is_still_shown():
+    # What an engine that does not render control tokens would pass on: not lost, if late.
+    fmt, _, _ = stream("gpt-oss")
+    pieces = split(fmt, ["analysis", "Thinking.", "assistantfinal", "Hi"])
+    assert joined(pieces) == {ANSWER: "analysisThinking.assistantfinalHi"}
+    assert split(fmt, ["<|channel|>", "analysis"]) == []  # cut inside a header: control text
+
+
 def test_a_stream_that_starts_inside_a_thought_without_an_opening_tag():
     # Without the prompt's "<think>\n" the same text would be all answer up to a stray tag.
     source = template("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja")
@@ -177,7 +188,8 @@ def test_text_without_a_format_passes_through_piece_for_piece():
 
 def test_a_reasoning_model_that_does_not_think_answers_untouched():
     fmt, _, _ = stream("qwen3")
-    assert joined(split(fmt, ["Paris", " is", " <b>", "the", "</b>", " capital", "."])) == {ANSWER: "Paris is <b>the</b> capital."}
+    pieces = split(fmt, ["Paris", " is", " <b>", "the", "</b>", " capital", "."])
+    assert joined(pieces) == {ANSWER: "Paris is <b>the</b> capital."}
 
 
 @pytest.mark.parametrize(("source", "name", "start"), [
@@ -197,7 +209,8 @@ def test_format_is_read_from_real_templates(source, name, start):
 
 
 @pytest.mark.parametrize("source", [
-    "HuggingFaceTB-SmolLM2-135M-Instruct.jinja", "Qwen-Qwen2.5-7B-Instruct.jinja", "meta-llama-Llama-3.2-3B-Instruct.jinja",
+    "HuggingFaceTB-SmolLM2-135M-Instruct.jinja", "Qwen-Qwen2.5-7B-Instruct.jinja",
+    "meta-llama-Llama-3.2-3B-Instruct.jinja",
     chat_template.CHATML,
 ])
 def test_no_format_for_models_that_do_not_reason(source):
@@ -289,6 +302,8 @@ def test_seed_oss_is_told_its_budget():
     source = template("ByteDance-Seed-OSS.jinja")
     fmt = reasoning.detect(source)
     assert reasoning.control(source, fmt, "on", budget=512) == reasoning.Control({"thinking_budget": 512}, 512)
+    assert reasoning.control(source, fmt, None, budget=512) == reasoning.Control({"thinking_budget": 512}, 512)
+    assert reasoning.control(source, fmt, None) == reasoning.Control({}, None)
     off = tail(source, **reasoning.control(source, fmt, "off").variables)
     assert off.endswith("</seed:think>") and reasoning.detect(source, (), off).start == ANSWER
 

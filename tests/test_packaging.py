@@ -179,9 +179,11 @@ def test_a_wheel_carries_everything_roost_reads(tmp_path):
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     probe = ("import roost.models.catalog as c, roost.measure.eval_set as e; "
-             "print(c.CATALOG.relative_to(c._HERE), len(c.models()), len(e.load()[1]))")
+             "import os; print(os.path.relpath(str(c.CATALOG)), os.path.relpath(str(e.BUILTIN)), "
+             "len(c.models()), len(e.load()[1]))")
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
                            env={**os.environ, "PYTHONPATH": str(target)}, timeout=60)
     assert found.returncode == 0, found.stderr
-    where, models, items = found.stdout.split()
-    assert where == "catalog_file/models.toml" and int(models) > 5 and int(items) > 40
+    catalog_at, eval_set_at, models, items = found.stdout.split()
+    assert (catalog_at, eval_set_at) == ("site/roost/catalog_file/models.toml", "site/roost/data/eval-basic.jsonl")
+    assert int(models) > 5 and int(items) > 40

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from roost.errors import UsageError
 
-BUILTIN = Path(__file__).resolve().parent.parent / "data" / "eval-basic.jsonl"
+BUILTIN = resources.files("roost") / "data" / "eval-basic.jsonl"  # package data, in a wheel too
 DEFAULT_MAX_TOKENS = 48
 LETTERS = "ABCDEFGHIJ"
 _FIELDS = {"id", "prompt", "system", "max_tokens", "answer", "regex", "choices", "contains"}

@@ -17,14 +17,24 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 from roost.errors import RoostError
 
-_HERE = Path(__file__).resolve().parent.parent  # the roost package (app/ in a checkout)
-# A wheel carries the catalog inside the package; a checkout keeps it at its top level.
-CATALOG = next((p for p in (_HERE / "catalog_file" / "models.toml", _HERE.parent / "models.toml") if p.exists()),
-               _HERE.parent / "models.toml")
+
+def _catalog_file():
+    """models.toml. A wheel carries it as package data of roost.catalog_file (pyproject.toml
+    maps the checkout's top level there). An editable install cannot import that package:
+    setuptools' editable finder maps only roost and roost.backends, not a namespace package
+    inside them, so there the file is the one beside the package's folder (app/)."""
+    try:
+        return resources.files("roost.catalog_file") / "models.toml"
+    except ModuleNotFoundError:
+        return resources.files("roost").parent / "models.toml"
+
+
+CATALOG = _catalog_file()
 
 # Quant names as they appear in GGUF file names ("…-Q4_K_M.gguf", "….IQ3_XXS.gguf").
 QUANT_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(I?Q\d+_[A-Z0-9_]+?|Q\d+_\d|BF16|F16|F32|TQ\d_\d|MXFP4)(?=[.-])", re.I)

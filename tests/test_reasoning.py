@@ -13,8 +13,8 @@ from roost.errors import UsageError
 TEMPLATES = Path(__file__).parent / "recorded" / "templates"
 HI = [{"role": "user", "content": "Hi"}]
 
-# Gemma 4's template's namespace and its last lines (llama.cpp's models/templates/gemma4.jinja): thinking
-# off unless enable_thinking, by an empty thought written into the prompt.
+# Gemma 4's template, its namespace and its last lines (llama.cpp's models/templates/gemma4.jinja):
+# thinking is off unless enable_thinking, by an empty thought written into the prompt.
 GEMMA4 = """{%- set ns = namespace(prev_message_type=None) -%}
 {%- if add_generation_prompt -%}
     {%- if ns.prev_message_type != 'tool_response' -%}
@@ -25,9 +25,9 @@ GEMMA4 = """{%- set ns = namespace(prev_message_type=None) -%}
     {%- endif -%}
 {%- endif -%}"""
 
-# Each model's answer to a question as its tokenizer cuts it: the tags are single tokens
-# (they are in these vocabularies), the words pieces of words. The texts are llama.cpp's
-# parser test cases (tests/test-chat.cpp) where it has one for the format.
+# Each format's answer to a question, cut as the models' tokenizers cut text: a tag is one
+# token (it is in these vocabularies), words come in pieces. Where llama.cpp's parser tests
+# (tests/test-chat.cpp) have a model's output for the format, the text is theirs.
 STREAMS = {
     # Qwen3 opens the thought itself.
     "qwen3": ("Qwen-Qwen3-0.6B.jinja", [
@@ -63,6 +63,10 @@ STREAMS = {
         "<think>", "I", "'m", "\n", "thinking", "</think>", "<response>", "Hello", ",", " world", "!\n",
         "What", "'s", " up", "?", "</response>",
     ], {REASONING: "I'm\nthinking", ANSWER: "Hello, world!\nWhat's up?"}),
+    "command-r7b": ("CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja", [
+        "<|START_THINKING|>", "I", "'m", "\n", "thinking", "<|END_THINKING|>",
+        "<|START_RESPONSE|>", "Hello", ",", " world", "!", "<|END_RESPONSE|>",
+    ], {REASONING: "I'm\nthinking", ANSWER: "Hello, world!"}),
     "gemma4": (GEMMA4, [
         "<|channel>", "thought", "\n", "Think", "ing", " it", " over", ".", "<channel|>", "Hi", " there", "!",
     ], {REASONING: "Thinking it over.", ANSWER: "Hi there!"}),
@@ -202,6 +206,7 @@ def test_a_reasoning_model_that_does_not_think_answers_untouched():
     ("ByteDance-Seed-OSS.jinja", "seed", ANSWER),
     ("mistralai-Ministral-3-3B-Reasoning-2512.jinja", "mistral", ANSWER),
     (GEMMA4, "gemma", ANSWER),
+    ("CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja", "cohere", ANSWER),
 ])
 def test_format_is_read_from_real_templates(source, name, start):
     fmt = reasoning.detect(template(source), (), tail(template(source)))

@@ -151,6 +151,38 @@ def roost(*args: str, input: str | None = None, timeout: float = 120, machine: s
     )
 
 
+@pytest.fixture
+def roost_here(capsys, monkeypatch):
+    """`roost` as roost() runs it, but in this process, through roost.cli.main: for what a
+    command says and the code it exits with, without a fresh interpreter's start-up (a
+    second a call on a busy two-core machine). roost run's forked copy (cli/terminal.py's
+    guarded) is left out: the command runs here, as on Windows. The entry point, its exit
+    130 on Ctrl-C, a native crash and the import weight stay tested in real processes."""
+    import importlib
+    import io
+
+    cli = importlib.import_module("roost.cli.main")
+
+    def run(*args: str, input: str | None = None, machine: str | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as m:
+            m.setattr(cli, "guarded", lambda command: command())
+            m.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((input or "").encode())))  # roost(): DEVNULL
+            if machine:
+                m.setenv("ROOST_MACHINE", os.path.join(ROOT, "tests", "machines", machine))
+            for name, value in (env or {}).items():
+                m.delenv(name, raising=False) if value is None else m.setenv(name, value)
+            capsys.readouterr()
+            try:
+                code = cli.main(list(args))
+            except SystemExit as e:  # argparse's --help and --version
+                code = e.code
+            out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["roost", *args], code, out, err)
+
+    return run
+
+
 def roost_hub(hub, home, *args, env=None, timeout=180, machine=None):
     """`roost` against the Hub stand-in, with its own cache in `home` and only the token a
     test gives."""

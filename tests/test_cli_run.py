@@ -76,45 +76,45 @@ def test_system_prompt_reaches_the_model():
     assert system["stats"]["prompt_tokens"] > plain["stats"]["prompt_tokens"] + 5
 
 
-def test_missing_file():
-    one_error_line(roost("run", "/no/such/model.gguf", "hi"), "no such model file", "/no/such/model.gguf")
+def test_missing_file(roost_here):
+    one_error_line(roost_here("run", "/no/such/model.gguf", "hi"), "no such model file", "/no/such/model.gguf")
 
 
-def test_directory():
-    one_error_line(roost("run", ROOT, "hi"), "directory")
+def test_directory(roost_here):
+    one_error_line(roost_here("run", ROOT, "hi"), "directory")
 
 
-def test_not_a_gguf(tmp_path):
+def test_not_a_gguf(tmp_path, roost_here):
     fake = tmp_path / "notes.gguf"
     fake.write_text("just some text, not a model\n")
-    one_error_line(roost("run", str(fake), "hi"), "not a GGUF")
+    one_error_line(roost_here("run", str(fake), "hi"), "not a GGUF")
 
 
 @pytest.mark.parametrize("keep", [0.001, 0.5, 0.999])  # in the header, the tensors, the last bytes
-def test_truncated_gguf(tmp_path, demo_gguf, keep):
+def test_truncated_gguf(tmp_path, demo_gguf, keep, roost_here):
     cut = truncated(demo_gguf, str(tmp_path / "cut.gguf"), keep)
-    one_error_line(roost("run", cut, "hi"), "truncated or corrupt", "download it again")
+    one_error_line(roost_here("run", cut, "hi"), "truncated or corrupt", "download it again")
 
 
-def test_empty_prompt():
-    one_error_line(roost("run", "demo", ""), "prompt is empty")
-    one_error_line(roost("run", "demo", input="   \n"), "prompt is empty")
+def test_empty_prompt(roost_here):
+    one_error_line(roost_here("run", "demo", ""), "prompt is empty")
+    one_error_line(roost_here("run", "demo", input="   \n"), "prompt is empty")
 
 
-def test_context_overflow_gives_the_numbers():
-    line = one_error_line(roost("run", "demo", "word " * 300, "--ctx", "128"), "context holds 128", "--ctx")
+def test_context_overflow_gives_the_numbers(roost_here):
+    line = one_error_line(roost_here("run", "demo", "word " * 300, "--ctx", "128"), "context holds 128", "--ctx")
     assert "the prompt is 3" in line  # ~300 words: a three-digit token count
 
 
-def test_bad_option_value():
-    one_error_line(roost("run", "demo", "hi", "--ctx", "0"), "--ctx")
+def test_bad_option_value(roost_here):
+    one_error_line(roost_here("run", "demo", "hi", "--ctx", "0"), "--ctx")
 
 
-def test_unsafe_chat_template_is_refused_without_running_it(tmp_path, demo_gguf):
+def test_unsafe_chat_template_is_refused_without_running_it(tmp_path, demo_gguf, roost_here):
     canary = tmp_path / "canary"
     hostile = "{{ cycler.__init__.__globals__.os.popen('touch %s').read() }}" % canary
     model = with_chat_template(demo_gguf, str(tmp_path / "hostile.gguf"), hostile)
-    one_error_line(roost("run", model, "hi"), "chat template", "unsafe")
+    one_error_line(roost_here("run", model, "hi"), "chat template", "unsafe")
     assert not canary.exists()
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from roost.machine import fit
+from roost.machine import fit, model_memory
 from roost.models import gguf_info
 from roost.backends import load
 from roost.backends.base import Plan
@@ -93,8 +93,8 @@ def test_moe_ceiling_counts_active_experts_only():
 
 
 def test_kv_cache_grows_with_context_and_shrinks_with_q8():
-    assert fit.kv_bytes(LLAMA_8B, 8192) == 2 * 32 * 8192 * 8 * 128 * 2
-    assert fit.kv_bytes(LLAMA_8B, 8192, "q8_0") < 0.55 * fit.kv_bytes(LLAMA_8B, 8192)
+    assert model_memory.kv_bytes(LLAMA_8B, 8192) == 2 * 32 * 8192 * 8 * 128 * 2
+    assert model_memory.kv_bytes(LLAMA_8B, 8192, "q8_0") < 0.55 * model_memory.kv_bytes(LLAMA_8B, 8192)
 
 
 def test_nothing_fits_says_what_is_smallest():

@@ -33,23 +33,23 @@ def test_fit_several_quants_of_one_model(tmp_path, demo_gguf):
     assert len(out["options"]) == 2 and all(o["ceiling_tps"] for o in out["options"])
 
 
-def test_fit_bad_input():
-    one_error_line(roost("fit", "/no/such.gguf"), "no such model file")
-    one_error_line(roost("fit", "demo", "--ctx", "0"), "--ctx")
-    one_error_line(roost("fit", "demo", "--ctx", "-5"), "--ctx")
-    one_error_line(roost("fit", "demo", "--ctx", "100000"), "at most 8192")
-    one_error_line(roost("fit", "demo", "--gpu", "--json", machine="cpu_only.json"), "no usable GPU", "NVIDIA")
+def test_fit_bad_input(roost_here):
+    one_error_line(roost_here("fit", "/no/such.gguf"), "no such model file")
+    one_error_line(roost_here("fit", "demo", "--ctx", "0"), "--ctx")
+    one_error_line(roost_here("fit", "demo", "--ctx", "-5"), "--ctx")
+    one_error_line(roost_here("fit", "demo", "--ctx", "100000"), "at most 8192")
+    one_error_line(roost_here("fit", "demo", "--gpu", "--json", machine="cpu_only.json"), "no usable GPU", "NVIDIA")
 
 
-def test_run_refuses_a_model_too_big_before_loading():
+def test_run_refuses_a_model_too_big_before_loading(roost_here):
     # A machine with 1.5 GiB free, of which 1 GiB is kept for other apps.
-    result = roost("run", "demo", "hi", "--ctx", "8192", machine="tiny.json")
+    result = roost_here("run", "demo", "hi", "--ctx", "8192", machine="tiny.json")
     line = one_error_line(result, "does not fit", "--ctx")
     assert "would fit with --ctx" in line
 
 
-def test_run_rejects_gpu_layers_on_a_cpu_build():
-    one_error_line(roost("run", "demo", "hi", "--gpu-layers", "10"), "CPU only", "roost doctor")
+def test_run_rejects_gpu_layers_on_a_cpu_build(roost_here):
+    one_error_line(roost_here("run", "demo", "hi", "--gpu-layers", "10"), "CPU only", "roost doctor")
 
 
 def test_doctor_on_this_machine():

@@ -2,18 +2,22 @@
 
 import argparse
 import glob
+import math
 import os
 import re
 
 import pytest
 
 from conftest import ROOT
+from roost import sampling
+from roost.backends.base import Params
 from roost.cli import build_parser
+from roost.errors import UsageError
 
 # Options several commands take: each reads the same wherever it appears (up to its default,
 # which may differ: bench's context is sized to its runs).
 SHARED = ("--ctx", "--engine", "--yes", "--threads", "--gpu-layers", "--api-key", "--json", "--system",
-          "--temperature", "--seed", "--remote", "--history")
+          "--temperature", "--top-p", "--top-k", "--min-p", "--repeat-penalty", "--seed", "--remote", "--history")
 # Commands that load a model, and what their MODEL must say it accepts.
 LOADING = ("run", "chat", "serve", "bench", "eval")
 MODEL_FORMS = ("catalog name", "NAME:QUANT", "Hugging Face repo", "owner/repo", "owner/repo:file.gguf", ".gguf file",
@@ -122,3 +126,34 @@ def test_option_tables_agree_with_the_parser():
         options = {flag for a in arguments(parsers[cmd]) for flag in a.option_strings}
         assert not listed - options, f"{where}: `roost {cmd}` has no {', '.join(sorted(listed - options))}"
         assert not options - listed, f"{where}: the table of `roost {cmd}` lacks {', '.join(sorted(options - listed))}"
+
+
+# -- sampling: one set of bounds -------------------------------------------------------------
+
+
+def just_above(setting):
+    return setting.high + 1 if setting.kind is int else math.nextafter(setting.high, math.inf)
+
+
+@pytest.mark.parametrize("setting", sampling.SETTINGS, ids=lambda s: s.name)
+def test_a_sampling_bound_is_the_same_on_the_command_line_in_the_chat_app_and_the_api(setting):
+    from roost.serve.openai_api import ApiError, chat_request
+    from roost.tui.screens.settings import FIELDS, parse
+
+    high, over = setting.high, just_above(setting)
+    for cmd in ("run", "chat"):
+        args = build_parser().parse_args([cmd, "demo", setting.flags[-1], str(high)])
+        assert getattr(args, setting.name) == high
+        with pytest.raises(UsageError, match=re.escape(setting.flags[-1])):
+            build_parser().parse_args([cmd, "demo", setting.flags[-1], str(over)])
+
+    form = {name: str(getattr(Params(), name) or "") for name, *_ in FIELDS}
+    assert getattr(parse({**form, setting.name: str(high)}, Params()), setting.name) == high
+    with pytest.raises(ValueError, match=f"^{re.escape(setting.label.split(' (')[0])}: "):
+        parse({**form, setting.name: str(over)}, Params())
+
+    body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    assert getattr(chat_request({**body, setting.name: high}, "demo", 512).params, setting.name) == high
+    with pytest.raises(ApiError) as refused:
+        chat_request({**body, setting.name: over}, "demo", 512)
+    assert refused.value.status == 400 and refused.value.param == setting.name

@@ -110,6 +110,21 @@ def test_bad_option_value(roost_here):
     one_error_line(roost_here("run", "demo", "hi", "--ctx", "0"), "--ctx")
 
 
+def test_sampling_flags_reach_the_model():
+    # top-k 1 is greedy whatever the temperature: the answer is temperature 0's
+    greedy = json.loads(roost("run", "demo", "hi", "-t", "0", "-n", "4", "--json").stdout)["text"]
+    out = roost("run", "demo", "hi", "--top-k", "1", "--top-p", "1", "--min-p", "0", "--repeat-penalty", "1",
+                "-t", "2", "-n", "4", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["text"] == greedy
+
+
+def test_sampling_out_of_bounds_is_one_line_and_exit_2():
+    for flag, value in (("--temperature", "2.5"), ("--top-k", "1001"), ("--top-p", "1.5"), ("--top-k", "x")):
+        result = roost("run", "demo", "hi", flag, value)
+        one_error_line(result, flag, value)
+        assert result.returncode == 2
+
+
 def test_unsafe_chat_template_is_refused_without_running_it(tmp_path, demo_gguf, roost_here):
     canary = tmp_path / "canary"
     hostile = "{{ cycler.__init__.__globals__.os.popen('touch %s').read() }}" % canary

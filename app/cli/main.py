@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from roost import __version__
+from roost import __version__, sampling
 from roost.backends import ENGINES
 from roost.cli.doctor import cmd_doctor
 from roost.cli.measure import PPL_CTX, cmd_bench, cmd_eval
@@ -40,7 +40,6 @@ API_KEY_HELP = ("the API key, a bearer token: roost serve requires it on every r
                 "(--remote, or a server URL given to eval) sends it (default: $ROOST_API_KEY, if set)")
 JSON_HELP = "print the result as JSON on stdout, for scripts (default: text)"
 SYSTEM_HELP = "system prompt (default: the model's own, if its chat template has one)"
-TEMPERATURE_HELP = "sampling temperature, 0 for greedy (default: 0.8)"
 SEED_HELP = "sampling seed, for repeatable answers (default: a random one each time)"
 HISTORY_HELP = "show the earlier results kept on this machine instead, matching MODEL if given (default: run)"
 REMOTE_HELP = ("use a model served elsewhere over the OpenAI API (roost serve, llama-server, vLLM, Ollama), "
@@ -57,14 +56,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
+def _setting_type(setting: sampling.Setting):
+    """argparse's type for a sampling setting: its bounds, as the chat app and the API have them."""
+    def read(text: str):
+        try:
+            return setting.read(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return read
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,8 +102,9 @@ def _local_engine_options(command) -> None:
 
 def _sampling_options(command) -> None:
     command.add_argument("-s", "--system", metavar="TEXT", help=SYSTEM_HELP)
-    command.add_argument("-t", "--temperature", type=_non_negative_float, default=0.8, metavar="T",
-                         help=TEMPERATURE_HELP)
+    for s in sampling.SETTINGS:
+        command.add_argument(*s.flags, dest=s.name, type=_setting_type(s), default=s.default, metavar=s.metavar,
+                             help=f"{s.help}, from {s.low:g} to {s.high:g} (default: {s.default:g})")
     command.add_argument("--seed", type=int, metavar="N", help=SEED_HELP)
 
 

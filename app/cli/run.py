@@ -47,7 +47,7 @@ def cmd_run(args) -> int:
         loading = time.perf_counter()
         engine = load(model.path, model.plan, engine=model.engine)
     load_s = time.perf_counter() - loading
-    params = Params(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    params = Params(max_tokens=args.max_tokens, seed=args.seed, **sampled(args))
     session = Session(engine, params, system=args.system)
 
     cancel = Cancel()
@@ -78,6 +78,13 @@ def answer_dict(model: str, done, load_s: float, engine) -> dict:
             "stats": done.stats.as_dict(), "memory": engine.memory().as_dict(), "engine": engine.info().as_dict()}
 
 
+def sampled(args) -> dict:
+    """The sampling settings as given (or their defaults), by Params field."""
+    from roost import sampling
+
+    return {s.name: getattr(args, s.name) for s in sampling.SETTINGS}
+
+
 def connect_remote(args):
     """The remote engine for --remote; what only a local model takes is refused."""
     from roost.backends import connect
@@ -101,7 +108,7 @@ def cmd_chat(args) -> int:
     from roost.backends.base import Params
     from roost.tui.app import RoostApp
 
-    params = Params(temperature=args.temperature, seed=args.seed)
+    params = Params(seed=args.seed, **sampled(args))
     if args.model is None and not args.remote:
         from roost.machine import hardware
         from roost.models import loading

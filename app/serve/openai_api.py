@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from roost import sampling
 from roost.backends.base import Message, Params, Stats
 
 ROLES = {"system", "user", "assistant", "developer"}
@@ -99,7 +100,6 @@ def _message(m, i: int) -> Message:
 
 
 def _params(body: dict, limit: int) -> Params:
-    defaults = Params()
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
         max_tokens = _number(body, "max_tokens" if "max_tokens" in body else "max_completion_tokens", int, 1, None)
@@ -118,16 +118,10 @@ def _params(body: dict, limit: int) -> Params:
     seed = body.get("seed")
     if seed is not None:
         seed = _number(body, "seed", int, 0, 2**32 - 1)
-    return Params(
-        max_tokens=max_tokens,
-        temperature=_number(body, "temperature", float, 0, 2, defaults.temperature),
-        top_p=_number(body, "top_p", float, 0, 1, defaults.top_p),
-        top_k=_number(body, "top_k", int, 0, None, defaults.top_k),  # llama-server's extensions
-        min_p=_number(body, "min_p", float, 0, 1, defaults.min_p),
-        repeat_penalty=_number(body, "repeat_penalty", float, 0, None, defaults.repeat_penalty),
-        seed=seed,
-        stop=tuple(stop),
-    )
+    # temperature and top_p are OpenAI's; top_k, min_p and repeat_penalty llama-server's
+    # extensions; all within the bounds roost run and the chat app take (roost.sampling).
+    return Params(max_tokens=max_tokens, seed=seed, stop=tuple(stop),
+                  **{s.name: _number(body, s.name, s.kind, s.low, s.high, s.default) for s in sampling.SETTINGS})
 
 
 def _number(body: dict, name: str, kind: type, low, high, default=None):

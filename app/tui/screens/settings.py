@@ -10,15 +10,12 @@ from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Label, TextArea
 
+from roost import sampling
 from roost.backends.base import Params
 
-# (Params field, label, type, allowed range); max_tokens and seed may be left blank.
-FIELDS = (
-    ("temperature", "temperature (0 = greedy)", float, (0.0, 5.0)),
-    ("top_p", "top-p", float, (0.0, 1.0)),
-    ("top_k", "top-k (0 = off)", int, (0, 1000)),
-    ("min_p", "min-p", float, (0.0, 1.0)),
-    ("repeat_penalty", "repeat penalty (1 = off)", float, (0.5, 2.0)),
+# (Params field, label, type, allowed range): sampling's settings, with the bounds the
+# command line and the API take; then max_tokens and seed, which may be left blank.
+FIELDS = tuple((s.name, s.label, s.kind, (s.low, s.high)) for s in sampling.SETTINGS) + (
     ("max_tokens", "max tokens (blank = no limit)", int, (1, 1_000_000)),
     ("seed", "seed (blank = random)", int, (0, 2**32 - 1)),
 )
@@ -34,12 +31,9 @@ def parse(values: dict[str, str], params: Params) -> Params:
             changes[name] = None
             continue
         try:
-            value = kind(text)
-        except ValueError:
-            raise ValueError(f"{label.split(' (')[0]}: {text!r} is not a {'whole ' if kind is int else ''}number") from None
-        if not low <= value <= high:
-            raise ValueError(f"{label.split(' (')[0]}: {value} is outside {low}–{high}")
-        changes[name] = value
+            changes[name] = sampling.read(text, kind, low, high)
+        except ValueError as e:
+            raise ValueError(f"{label.split(' (')[0]}: {e}") from None
     return replace(params, **changes)
 
 

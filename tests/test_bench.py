@@ -63,10 +63,10 @@ def test_bench_on_a_server(demo_gguf, data):
     assert r["engine"] == "remote" and r["tg"]["tokens"] == 8 and r["ceiling_tps"] is None and r["load_s"] is None
 
 
-def test_bench_mistakes_get_one_line(data):
-    one_line(roost("bench", "missing.gguf", env=data), "missing.gguf")
-    one_line(roost("bench", env=data), "give a model")
-    empty = roost("bench", "--history", env=data)
+def test_bench_mistakes_get_one_line(data, roost_here):
+    one_line(roost_here("bench", "missing.gguf", env=data), "missing.gguf")
+    one_line(roost_here("bench", env=data), "give a model")
+    empty = roost_here("bench", "--history", env=data)
     assert empty.returncode == 0 and "no benchmarks yet" in empty.stdout
 
 

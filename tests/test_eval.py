@@ -137,21 +137,21 @@ def test_a_table_across_three_engines(demo_gguf, demo_mlx, quants):
     assert result.stdout.count("✓") + result.stdout.count("✗") == 18  # --answers: six per model
 
 
-def test_eval_mistakes_get_one_line(tmp_path, demo_gguf):
+def test_eval_mistakes_get_one_line(tmp_path, demo_gguf, roost_here):
     bad = tmp_path / "set.jsonl"
     bad.write_text('{"prompt": "ok", "answer": "1"}\n{"prompt": "x", "choices": ["a"], "answer": "A"}\n')
-    one_line(roost("eval", "demo", "--set", str(bad)), f"{bad}:2: choices: give a list of 2 to 10")
-    one_line(roost("eval", "demo", "--set", str(tmp_path / "none.jsonl")), "no eval set at")
-    one_line(roost("eval", "demo", "no-such-model"), "unknown model 'no-such-model'")
-    one_line(roost("eval"), "give one or more models")
-    one_line(roost("eval", "--ppl", str(tmp_path / "none.txt"), "demo"), "no text file at")
-    one_line(roost("eval", "--ppl", TEXT, "http://127.0.0.1:9"), "a server does not send")
-    one_line(roost("eval", "--ppl", TEXT, "demo", "--golden"), "--golden goes with an eval set, not with --ppl")
-    one_line(roost("eval", "demo", "--chunks", "2"), "--chunks goes with --ppl")
+    one_line(roost_here("eval", "demo", "--set", str(bad)), f"{bad}:2: choices: give a list of 2 to 10")
+    one_line(roost_here("eval", "demo", "--set", str(tmp_path / "none.jsonl")), "no eval set at")
+    one_line(roost_here("eval", "demo", "no-such-model"), "unknown model 'no-such-model'")
+    one_line(roost_here("eval"), "give one or more models")
+    one_line(roost_here("eval", "--ppl", str(tmp_path / "none.txt"), "demo"), "no text file at")
+    one_line(roost_here("eval", "--ppl", TEXT, "http://127.0.0.1:9"), "a server does not send")
+    one_line(roost_here("eval", "--ppl", TEXT, "demo", "--golden"), "--golden goes with an eval set, not with --ppl")
+    one_line(roost_here("eval", "demo", "--chunks", "2"), "--chunks goes with --ppl")
     short = tmp_path / "short.txt"
     short.write_text("Hello there.")
-    one_line(roost("eval", "--ppl", str(short), "demo"), "too short to score")
-    empty = roost("eval", "--history")
+    one_line(roost_here("eval", "--ppl", str(short), "demo"), "too short to score")
+    empty = roost_here("eval", "--history")
     assert empty.returncode == 0 and "no evaluations yet" in empty.stdout
 
 

@@ -156,6 +156,8 @@ def test_check_passes_for_the_build_installed_here_and_fails_in_one_line_for_a_m
     assert "built without CUDA" in wrong.stderr and 'CMAKE_ARGS="-DGGML_CUDA=on"' in wrong.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.slow  # pip builds the wheel
 def test_a_wheel_carries_everything_roost_reads(tmp_path):
     """What `uv tool install .`, pipx and Homebrew install: a wheel, not this checkout. It
     must hold the chat app, its styles, the catalog and the built-in eval set."""

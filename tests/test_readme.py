@@ -76,6 +76,8 @@ def chat_in_tmux(line: str, env: dict) -> str:
         tmux("kill-server", check=False)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
 def test_the_readme_first_chat_works_as_typed(newcomer):
     lines, env = newcomer

@@ -19,6 +19,8 @@ from conftest import ROOT
 from hub_server import HubServer
 from roost.models import catalog
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 RECIPE = os.path.join(ROOT, "docs", "serve.md")
 
 

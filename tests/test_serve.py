@@ -302,16 +302,16 @@ def test_run_remote_imports_no_engine_and_no_app():
     assert not {"llama_cpp", "textual", "mlx", "huggingface_hub", "starlette", "uvicorn"} & imported
 
 
-def test_remote_mistakes_get_one_line(cli_server, llama):
-    one_line(roost("run", "--remote", cli_server.url, "hi", env={"ROOST_API_KEY": None}), "refused the API key")
-    one_line(roost("run", "--remote", cli_server.url, "hi", env={"ROOST_API_KEY": "nope"}), "refused the API key")
-    one_line(roost("run", "--remote", "http://127.0.0.1:9", "hi"), "cannot reach http://127.0.0.1:9")
-    one_line(roost("run", "--remote", cli_server.url, "gpt-9", "hi", env={"ROOST_API_KEY": KEY}), "no model 'gpt-9'")
-    one_line(roost("run", "--remote", cli_server.url, "hi", "--ctx", "99", env={"ROOST_API_KEY": KEY}),
+def test_remote_mistakes_get_one_line(cli_server, llama, roost_here):
+    one_line(roost_here("run", "--remote", cli_server.url, "hi", env={"ROOST_API_KEY": None}), "refused the API key")
+    one_line(roost_here("run", "--remote", cli_server.url, "hi", env={"ROOST_API_KEY": "nope"}), "refused the API key")
+    one_line(roost_here("run", "--remote", "http://127.0.0.1:9", "hi"), "cannot reach http://127.0.0.1:9")
+    one_line(roost_here("run", "--remote", cli_server.url, "gpt-9", "hi", env={"ROOST_API_KEY": KEY}), "no model 'gpt-9'")
+    one_line(roost_here("run", "--remote", cli_server.url, "hi", "--ctx", "99", env={"ROOST_API_KEY": KEY}),
              "--ctx", "set on the server")
-    one_line(roost("run", "--remote", cli_server.url, "word " * 1100, env={"ROOST_API_KEY": KEY}), "context holds 1024")
-    one_line(roost("serve", "demo", "--port", cli_server.url.rsplit(":", 1)[1]), "is in use", "--port")
-    one_line(roost("serve", "missing.gguf", "--port", "0"), "missing.gguf")
+    one_line(roost_here("run", "--remote", cli_server.url, "word " * 1100, env={"ROOST_API_KEY": KEY}), "context holds 1024")
+    one_line(roost_here("serve", "demo", "--port", cli_server.url.rsplit(":", 1)[1]), "is in use", "--port")
+    one_line(roost_here("serve", "missing.gguf", "--port", "0"), "missing.gguf")
 
 
 def test_ctrl_c_stops_the_server_and_its_answer(demo_gguf):

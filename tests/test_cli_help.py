@@ -128,6 +128,20 @@ def test_option_tables_agree_with_the_parser():
         assert not options - listed, f"{where}: the table of `roost {cmd}` lacks {', '.join(sorted(options - listed))}"
 
 
+def test_options_may_come_anywhere_among_the_positionals():
+    def parsed(*argv):
+        return vars(build_parser().parse_args(argv))
+
+    run = parsed("run", "demo", "hi", "--engine", "llama", "-n", "4")
+    assert parsed("run", "demo", "--engine", "llama", "hi", "-n", "4") == run
+    assert parsed("run", "--engine", "llama", "-n", "4", "demo", "hi") == run
+    assert parsed("run", "demo", "-n", "4", "--", "--engine")["prompt"] == "--engine"  # after --, a prompt
+    assert parsed("eval", "demo", "--limit", "2", "demo")["models"] == ["demo", "demo"]
+    assert parsed("fit", "a.gguf", "--ctx", "512", "b.gguf")["models"] == ["a.gguf", "b.gguf"]
+    assert parsed("search", "--json", "small", "--ctx", "512", "chat")["text"] == ["small", "chat"]
+    with pytest.raises(UsageError, match="unrecognized arguments: more"):
+        parsed("run", "demo", "hi", "-n", "4", "more")
+
 # -- sampling: one set of bounds -------------------------------------------------------------
 
 

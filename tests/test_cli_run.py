@@ -118,6 +118,14 @@ def test_sampling_flags_reach_the_model():
     assert out.returncode == 0 and json.loads(out.stdout)["text"] == greedy
 
 
+def test_options_go_before_between_and_after_model_and_prompt():
+    first = json.loads(roost("run", "demo", "--engine", "llama", QUESTION, "-t", "0", "-n", "4", "--json").stdout)
+    again = roost("run", "-n", "4", "--json", "demo", "-t", "0", "--engine", "llama", QUESTION)
+    assert again.returncode == 0 and json.loads(again.stdout)["text"] == first["text"]
+    dashed = roost("run", "demo", "-t", "0", "-n", "4", "--json", "--", "-- is a dash; what is -1?")
+    assert dashed.returncode == 0 and json.loads(dashed.stdout)["text"]
+
+
 def test_sampling_out_of_bounds_is_one_line_and_exit_2():
     for flag, value in (("--temperature", "2.5"), ("--top-k", "1001"), ("--top-p", "1.5"), ("--top-k", "x")):
         result = roost("run", "demo", "hi", flag, value)

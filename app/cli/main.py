@@ -71,6 +71,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
+class _CommandParser(_Parser):
+    """A command's parser, which takes options before, between and after its positionals, as
+    people type them: `roost run MODEL --engine llama PROMPT`. Plain argparse stops filling
+    positionals at the first option, and its intermixed parsing refuses a parser with
+    subcommands, so each command's parser parses intermixed, and the top level as usual.
+    After `--`, everything is positional: a prompt that starts with "-" goes there."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # parse_known_intermixed_args calls back here, twice
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def _ctx_option(command, default: str = CTX_DEFAULT, more: str = "") -> None:
     command.add_argument("-c", "--ctx", type=_positive_int, metavar="N",
                          help=f"context window in tokens, which memory is planned for (default: {default}){more}")
@@ -117,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="roost", description="Run open LLMs on your own machine. Without a command: roost chat.")
     parser.add_argument("--version", action="version", version=f"roost {__version__}",
                         help="print roost's version and exit")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     run = commands.add_parser(
         "run",

@@ -20,7 +20,7 @@ def test_shape_of_smollm2(info):
     assert info.architecture == "llama"
     assert (info.n_layer, info.n_embd, info.n_head, info.n_head_kv) == (30, 576, 9, 3)
     assert (info.head_dim_k, info.head_dim_v, info.n_vocab, info.n_ctx_train) == (64, 64, 49152, 8192)
-    assert info.n_expert == 0 and "<|im_start|>" in info.chat_template
+    assert info.n_expert == 0 and "<|im_start|>" in info.metadata["tokenizer.chat_template"]
     assert info.quant == "Q4_1" and set(info.bytes_by_type) == {"Q4_1", "Q8_0", "F32"}
     assert 134e6 < info.n_params < 135e6
     assert len(info.layer_bytes) == 30 and len(set(info.layer_bytes)) == 1

@@ -122,10 +122,6 @@ class GGUFInfo:
         return int(self._arch("expert_used_count", 0))
 
     @property
-    def chat_template(self) -> str | None:
-        return self.metadata.get("tokenizer.chat_template")
-
-    @property
     def tensor_bytes(self) -> int:
         return sum(t.n_bytes for t in self.tensors)
 

@@ -126,9 +126,9 @@ def test_options_go_before_between_and_after_model_and_prompt():
     assert dashed.returncode == 0 and json.loads(dashed.stdout)["text"]
 
 
-def test_sampling_out_of_bounds_is_one_line_and_exit_2():
+def test_sampling_out_of_bounds_is_one_line_and_exit_2(roost_here):
     for flag, value in (("--temperature", "2.5"), ("--top-k", "1001"), ("--top-p", "1.5"), ("--top-k", "x")):
-        result = roost("run", "demo", "hi", flag, value)
+        result = roost_here("run", "demo", "hi", flag, value)
         one_error_line(result, flag, value)
         assert result.returncode == 2
 

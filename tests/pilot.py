@@ -25,9 +25,12 @@ def drive(app, scenario, size=(80, 24)):
     asyncio.run(main())
 
 
-def chat(scenario, demo_gguf, params=Params(temperature=0, max_tokens=60), system=None, size=(80, 24)):
-    """Run scenario(app, chat screen, pilot) once the demo model is loaded in the chat."""
-    app = RoostApp(lambda: load(demo_gguf, Plan(n_ctx=2048)), "SmolLM2", params, system)
+def chat(scenario, model, params=Params(temperature=0, max_tokens=60), system=None, size=(80, 24)):
+    """Run scenario(app, chat screen, pilot) once the model is loaded in the chat. model: a
+    GGUF file, loaded by llama.cpp, where the answer matters; or an engine, such as a
+    ReplayEngine (tests/replay.py), where only what the screen does with an answer does."""
+    engine = (lambda: load(model, Plan(n_ctx=2048))) if isinstance(model, str) else (lambda: model)
+    app = RoostApp(engine, "SmolLM2", params, system)
 
     async def main(pilot):
         await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None)

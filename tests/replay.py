@@ -1,7 +1,10 @@
-"""A real answer, recorded once from SmolLM2 on llama.cpp and replayed, for the snapshot
-tests: a picture of the chat screen can only be compared if every number in it is the
-same each run, and live speed and memory never are. Everything else about the chat runs
-with the real engine (test_tui_chat.py).
+"""A real answer, recorded once from SmolLM2 on llama.cpp and replayed: for the snapshot
+tests, since a picture of the chat screen can only be compared if every number in it is
+the same each run, and live speed and memory never are; and for what the screens do with
+an answer whatever it says (settings, the prompt's recall, copying, switching model:
+test_tui_screens.py), in a fraction of a real model's time. What the answer says, its
+live stats, cancelling and a crashing engine are tested with the real engine
+(test_tui_chat.py).
 
 Record again (after changing the question or the events): .venv/bin/python tests/replay.py
 """

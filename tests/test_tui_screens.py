@@ -1,6 +1,8 @@
 """The start screen, settings, the prompt, copying and model switching, driven by Pilot at
-80x24; the chat tests use the real SmolLM2 model and llama.cpp."""
+80x24. What is tested is what the screens do with an answer, not what it says: the chat
+runs on a recorded SmolLM2 answer (tests/replay.py); test_tui_chat.py has the real model."""
 
+import dataclasses
 import json
 import os
 import re
@@ -10,12 +12,13 @@ from textual.app import App
 from textual.widgets import Label, OptionList
 
 from roost.machine import doctor
-from roost.backends.base import Params
+from roost.backends.base import Done, Params
 from roost.tui.app import RoostApp
 from roost.tui.screens.settings import FIELDS, SettingsScreen, parse
 from roost.tui.screens.start import StartScreen
 from roost.tui.widgets.prompt import PromptArea
 from pilot import ask, ask_and_wait, chat, drive, notes, until
+from replay import ReplayEngine
 
 SHORT = Params(temperature=0, max_tokens=8)  # answers long enough to see, quick to make
 MACHINES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "machines")
@@ -96,7 +99,7 @@ def test_parse_refuses_a_bad_value_naming_the_field(name, value, shown):
         parse({**FORM, name: value}, Params())
 
 
-def test_settings_change_sampling_and_system_prompt(demo_gguf):
+def test_settings_change_sampling_and_system_prompt():
     async def scenario(app, screen, pilot):
         await ask_and_wait(screen, pilot, "Hi")
         conversation = list(screen.session.messages)
@@ -127,10 +130,10 @@ def test_settings_change_sampling_and_system_prompt(demo_gguf):
         assert screen.session.params.temperature == 1.5 and not screen.query(".assistant")
         assert "New chat with the new system prompt" in notes(app)
 
-    chat(scenario, demo_gguf, SHORT)
+    chat(scenario, ReplayEngine(gap_s=0), SHORT)
 
 
-def test_settings_show_the_system_prompt_of_a_reopened_conversation(demo_gguf):
+def test_settings_show_the_system_prompt_of_a_reopened_conversation():
     async def scenario(app, screen, pilot):
         await ask_and_wait(screen, pilot, "Hi")  # saved with the pirate prompt
         await pilot.press("ctrl+s", "ctrl+a", "ctrl+k", *"Be a robot.", "ctrl+s")
@@ -143,13 +146,13 @@ def test_settings_show_the_system_prompt_of_a_reopened_conversation(demo_gguf):
         assert isinstance(app.screen, SettingsScreen)
         assert app.screen.query_one("#system").text == "Be a pirate."
 
-    chat(scenario, demo_gguf, SHORT, system="Be a pirate.")
+    chat(scenario, ReplayEngine(gap_s=0), SHORT, system="Be a pirate.")
 
 
 # -- prompt ---------------------------------------------------------------------------
 
 
-def test_prompt_newlines_enter_and_recall(demo_gguf):
+def test_prompt_newlines_enter_and_recall():
     async def scenario(app, screen, pilot):
         prompt = screen.query_one(PromptArea)
         await pilot.press(*"Two", "ctrl+j", *"lines")
@@ -167,7 +170,7 @@ def test_prompt_newlines_enter_and_recall(demo_gguf):
         await pilot.press("a", "ctrl+j", "b", "up")  # ↑ below the first line moves the cursor
         assert prompt.value == "a\nb" and prompt.cursor_location[0] == 0
 
-    chat(scenario, demo_gguf, SHORT)
+    chat(scenario, ReplayEngine(gap_s=0), SHORT)
 
 
 class PromptApp(App):
@@ -193,7 +196,20 @@ def test_down_keeps_the_prompt_being_typed():
 # -- copy and model switching -----------------------------------------------------------
 
 
-def test_copy_the_last_answer(demo_gguf, monkeypatch):
+class Numbered(ReplayEngine):
+    """The recorded answer with its number in front: each answer differs from the one before."""
+
+    answers = 0
+
+    def stream(self, messages, params, cancel=None):
+        self.answers += 1
+        for i, event in enumerate(super().stream(messages, params, cancel)):
+            if i == 0 or isinstance(event, Done):  # the first token, and the whole text
+                event = dataclasses.replace(event, text=f"{self.answers}. {event.text}")
+            yield event
+
+
+def test_copy_the_last_answer(monkeypatch):
     for name in ("TMUX", "DISPLAY", "WAYLAND_DISPLAY"):  # a plain terminal: OSC 52 only
         monkeypatch.delenv(name, raising=False)
 
@@ -209,10 +225,10 @@ def test_copy_the_last_answer(demo_gguf, monkeypatch):
         assert any(n.startswith(f"Sent the last answer ({len(last)} characters) to the terminal's clipboard (OSC 52)")
                    for n in notes(app))
 
-    chat(scenario, demo_gguf, SHORT)
+    chat(scenario, Numbered(gap_s=0), SHORT)
 
 
-def test_switching_model_is_refused_while_answering(demo_gguf, picked):
+def test_switching_model_is_refused_while_answering(picked):
     async def scenario(app, screen, pilot):
         await ask(screen, pilot, "Write a very long story about a dragon.")
         assert screen.generating
@@ -224,4 +240,4 @@ def test_switching_model_is_refused_while_answering(demo_gguf, picked):
         await pilot.press("ctrl+l")
         assert picked == [app.engine_name]
 
-    chat(scenario, demo_gguf, Params(temperature=0, max_tokens=2000))
+    chat(scenario, ReplayEngine(pause_after=2, gap_s=0), Params(temperature=0, max_tokens=2000))  # held mid-answer

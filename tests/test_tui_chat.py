@@ -1,4 +1,5 @@
-"""The chat screen driven by Pilot, with the real SmolLM2 model and llama.cpp."""
+"""The chat screen driven by Pilot, with the real SmolLM2 model and llama.cpp (what the
+screen does whatever the answer says runs on a recorded one: tests/replay.py)."""
 
 import os
 import signal
@@ -8,6 +9,7 @@ import pytest
 
 from conftest import crash_in
 from pilot import ask, ask_and_wait, chat, drive, notes, until
+from replay import ReplayEngine
 from roost import history
 from roost.backends import load
 from roost.backends.base import Params, Plan
@@ -51,7 +53,7 @@ def test_escape_stops_and_keeps_the_partial_answer(demo_gguf):
     chat(scenario, demo_gguf, size=(100, 30))
 
 
-def test_new_chat_and_prompt_history(demo_gguf):
+def test_new_chat_and_prompt_history():
     async def scenario(app, screen, pilot):
         await ask_and_wait(screen, pilot, "Hi")
         await pilot.press("ctrl+n")
@@ -59,9 +61,10 @@ def test_new_chat_and_prompt_history(demo_gguf):
         await pilot.press("up")
         assert screen.query_one("#prompt").value == "Hi"
 
-    chat(scenario, demo_gguf, size=(100, 30))
+    chat(scenario, ReplayEngine(gap_s=0), size=(100, 30))
 
 
+@pytest.mark.slow
 def test_conversations_are_saved_and_reopened(demo_gguf):
     async def scenario(app, screen, pilot):
         await ask_and_wait(screen, pilot, "What is the capital of Japan?")
@@ -102,6 +105,7 @@ def isolated_chat(scenario, demo_gguf, params=Params(temperature=0, max_tokens=6
     drive(app, main, (100, 30))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where, how", [("load", "abort"), ("prefill", "kill"), ("stream:3", "segv")])
 def test_an_engine_crash_is_one_line_and_the_next_question_loads_it_again(demo_gguf, monkeypatch, tmp_path,
                                                                           where, how):
@@ -135,6 +139,7 @@ def test_an_engine_crash_is_one_line_and_the_next_question_loads_it_again(demo_g
     isolated_chat(scenario, demo_gguf)
 
 
+@pytest.mark.slow
 def test_after_a_crash_the_conversation_stays_on_screen_and_in_history(demo_gguf, monkeypatch, tmp_path):
     crash_in(monkeypatch, tmp_path, "stream:20", "segv")  # the first answer is shorter: the second dies
 
@@ -158,6 +163,7 @@ def test_after_a_crash_the_conversation_stays_on_screen_and_in_history(demo_gguf
     isolated_chat(scenario, demo_gguf)
 
 
+@pytest.mark.slow
 def test_an_engine_killed_between_answers_is_found_and_loaded_again(demo_gguf):
     async def scenario(app, screen, pilot):
         first = screen.engine

@@ -38,6 +38,7 @@ def test_bench_measures_prompt_and_generation_apart(data):
         assert r["efficiency"] == pytest.approx(r["tg"]["mean"] / r["ceiling_tps"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_history_keeps_each_result(data):
     first = bench("demo", *SMALL, env=data)
     text = roost("bench", "demo", "-p", "32", "-n", "8", "-r", "1", env=data, timeout=300)
@@ -52,6 +53,7 @@ def test_history_keeps_each_result(data):
     assert json.loads(roost("bench", "--history", "nothing-like-it", "--json", env=data).stdout) == []
 
 
+@pytest.mark.slow
 def test_bench_on_mlx(demo_mlx, data):
     r = bench(demo_mlx, "--engine", "mlx", "-p", "32", "-n", "8", "-r", "1", env=data)
     assert r["engine"] == "mlx" and r["tg"]["tokens"] == 8 and r["pp"]["mean"] > 0
@@ -70,6 +72,7 @@ def test_bench_mistakes_get_one_line(data, roost_here):
     assert empty.returncode == 0 and "no benchmarks yet" in empty.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_bench_and_keeps_nothing(data):
     proc = subprocess.Popen([sys.executable, "-m", "roost", "bench", "demo", "-p", "256", "-n", "400", "-r", "50"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT,

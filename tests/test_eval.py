@@ -106,6 +106,7 @@ def test_wilson_interval():
 # -- models over a set ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_builtin_set_on_the_demo_model_and_a_copy(demo_gguf, quants):
     out = run_json("demo", quants["copy"])
     first, second = out["models"]
@@ -125,6 +126,7 @@ def test_the_builtin_set_on_the_demo_model_and_a_copy(demo_gguf, quants):
     assert [h["model"] for h in history] == ["demo", "copy.Q4_1.gguf"] and history[0]["correct"] == first["correct"]
 
 
+@pytest.mark.slow
 def test_a_table_across_three_engines(demo_gguf, demo_mlx, quants):
     with served(load(demo_gguf, Plan(n_ctx=2048))) as url:
         result = roost("eval", quants["q4_0"], demo_mlx, url, "--limit", "6", "--answers", timeout=600)
@@ -177,6 +179,7 @@ def test_perplexity_matches_llama_cpps_own_logits(demo_gguf):
     assert 1 < ours["ppl"] < 200  # a real model on English prose
 
 
+@pytest.mark.slow
 def test_kl_divergence_of_a_model_against_itself_and_a_lossier_quant(quants):
     result = roost("eval", "--ppl", TEXT, "demo", quants["copy"], quants["q4_0"], "--chunks", "3")
     assert result.returncode == 0, result.stderr
@@ -190,6 +193,7 @@ def test_kl_divergence_of_a_model_against_itself_and_a_lossier_quant(quants):
     assert [h["model"] for h in history[-3:]] == ["demo", "copy.Q4_1.gguf", "requant.Q4_0.gguf"]
 
 
+@pytest.mark.slow
 def test_kl_divergence_across_engines(demo_mlx):
     """llama.cpp and MLX run the same weights: close, not identical."""
     ref, mlx = run_json("--ppl", TEXT, "demo", demo_mlx, "--chunks", "1")
@@ -204,6 +208,7 @@ def test_kl_divergence_across_engines(demo_mlx):
 # -- golden outputs --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_golden_outputs_drift_is_a_warning_with_a_diff():
     stored = roost("eval", "demo", "--golden", "--limit", "3")
     assert stored.returncode == 0 and "golden outputs of demo stored in" in stored.stderr, stored.stderr
@@ -255,6 +260,7 @@ def test_ctrl_c_stops_an_eval_and_keeps_nothing():
 # Real crashes in each model's own engine process, through its test-only hook (backends/child.py).
 
 
+@pytest.mark.slow
 def test_an_engine_crash_marks_that_model_crashed_and_eval_goes_on(quants, monkeypatch, tmp_path):
     crash_in(monkeypatch, tmp_path, "stream:2", "abort")
     result = roost("eval", "demo", quants["copy"], "--limit", "3", "--json", timeout=600)
@@ -268,6 +274,7 @@ def test_an_engine_crash_marks_that_model_crashed_and_eval_goes_on(quants, monke
     assert [h["model"] for h in run_json("--history")["eval"]] == ["copy.Q4_1.gguf"]  # only what finished is kept
 
 
+@pytest.mark.slow
 def test_an_engine_crash_at_load_is_one_line_under_the_table(quants, monkeypatch, tmp_path):
     crash_in(monkeypatch, tmp_path, "load", "segv")
     result = roost("eval", "demo", quants["copy"], "--limit", "2", timeout=600)
@@ -277,6 +284,7 @@ def test_an_engine_crash_at_load_is_one_line_under_the_table(quants, monkeypatch
     assert "roost: demo: the engine crashed (SIGSEGV) while loading the model; left out, going on" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_engine_crash_while_scoring_perplexity_goes_on_with_the_next(quants, monkeypatch, tmp_path):
     crash_in(monkeypatch, tmp_path, "load", "kill")
     result = roost("eval", "--ppl", TEXT, quants["copy"], "demo", "--chunks", "1", "--json", timeout=600)

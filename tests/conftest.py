@@ -16,6 +16,13 @@ from roost.backends.base import Plan
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_collection_modifyitems(items):
+    """An end-to-end test is a slow one too: `-m "not slow"` leaves out every e2e test."""
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def private_history(tmp_path_factory, monkeypatch):
     """Conversations and benchmark results saved by tests stay out of the user's."""

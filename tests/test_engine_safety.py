@@ -133,6 +133,7 @@ def test_a_crashing_engine_is_one_line_naming_the_signal_and_the_fix(where, how,
     assert "fix: CMAKE_ARGS=" in line and "-DGGML_NATIVE=OFF" in line
 
 
+@pytest.mark.e2e
 def test_install_rebuilds_without_amx_when_the_self_test_crashes_and_tests_again(tmp_path):
     """install.sh's own logic, on a stand-in venv: pip only records what it is asked to
     build (no compiling here), and roost is the real one, its engine made to crash

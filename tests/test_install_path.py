@@ -57,6 +57,7 @@ def last_line(result) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.e2e
 def test_on_path_roost_is_linked_and_runs_as_a_command(checkout, tmp_path):
     result = install(checkout, tmp_path, on_path=True)
     link = tmp_path / ".local" / "bin" / "roost"
@@ -69,6 +70,7 @@ def test_on_path_roost_is_linked_and_runs_as_a_command(checkout, tmp_path):
     assert last_line(again) == last_line(result) and os.readlink(link) == str(checkout / ".venv" / "bin" / "roost")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("shell, line", [
     ("/bin/bash", f"echo {PATH_LINE} >> ~/.bashrc"),
     ("/usr/bin/zsh", f"echo {PATH_LINE} >> ~/.zshrc"),
@@ -84,6 +86,7 @@ def test_off_path_the_line_for_the_users_shell_is_printed(checkout, tmp_path, sh
     assert f"{link.parent} is not on PATH: run {line}, then open a new terminal" in said, said
 
 
+@pytest.mark.e2e
 def test_a_file_that_is_not_a_roost_link_is_left_alone(checkout, tmp_path):
     bin_ = tmp_path / ".local" / "bin"
     bin_.mkdir(parents=True)
@@ -99,6 +102,7 @@ def test_a_file_that_is_not_a_roost_link_is_left_alone(checkout, tmp_path):
     assert os.readlink(bin_ / "roost") == "/gone/uv/tools/roost/bin/roost" and "left alone" in last_line(result)
 
 
+@pytest.mark.e2e
 def test_a_link_to_a_roost_venv_that_is_gone_is_replaced_and_a_live_one_kept(checkout, tmp_path):
     bin_ = tmp_path / ".local" / "bin"
     bin_.mkdir(parents=True)
@@ -115,6 +119,7 @@ def test_a_link_to_a_roost_venv_that_is_gone_is_replaced_and_a_live_one_kept(che
     assert f"switch with: ln -sf {checkout}/.venv/bin/roost {bin_ / 'roost'}" in last_line(result)
 
 
+@pytest.mark.e2e
 def test_no_link_when_asked_not_to_or_where_home_cannot_take_one(checkout, tmp_path):
     result = install(checkout, tmp_path, on_path=True, ROOST_NO_LINK="1")
     assert not (tmp_path / ".local").exists()

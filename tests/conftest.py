@@ -64,9 +64,12 @@ def recurrent_mlx(tmp_path_factory, demo_mlx) -> str:
 # remote: llama.cpp behind `roost serve`'s server on 127.0.0.1, reached over real HTTP.
 # child: llama.cpp in a process of its own (backends/child.py), as chat, serve and eval run it.
 MODEL_OF = {"llama": "demo_gguf", "mlx": "demo_mlx", "remote": "demo_gguf", "child": "demo_gguf"}
+# The fast loop runs the suite on llama.cpp; the other kinds, each with tests of its own
+# there (test_mlx.py, test_serve.py, test_child.py), run it in the full one.
+KINDS = [pytest.param(kind, marks=() if kind == "llama" else pytest.mark.slow) for kind in MODEL_OF]
 
 
-@pytest.fixture(params=list(MODEL_OF))
+@pytest.fixture(params=KINDS)
 def make_engine(request):
     """Loads engines of one kind on the demo model; the engine suite runs once per kind."""
     path = request.getfixturevalue(MODEL_OF[request.param])

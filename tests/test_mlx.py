@@ -127,6 +127,7 @@ def test_recurrent_state_is_reused_only_by_a_prompt_that_extends_it(model, reque
     cold.close()
 
 
+@pytest.mark.slow
 def test_a_hybrid_model_chats_in_the_app(hybrid_mlx, monkeypatch):
     import pilot as tui
     from pilot import ask_and_wait, chat
@@ -162,6 +163,7 @@ def run_patched(patch: str, *args: str) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL, cwd=ROOT, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("message", [METAL_TOO_LONG, METAL_OUT_OF_MEMORY])
 def test_running_out_of_memory_is_one_line_not_a_corrupt_file(demo_mlx, message):
     at_load = f"def load_model(path):\n    raise RuntimeError({message!r})\nengine.load_model = load_model"
@@ -260,6 +262,7 @@ def test_without_mlx_installed(no_mlx):
         loading.engine_for("mlx", smol, recorded_machine("m3max64.json"))
 
 
+@pytest.mark.slow
 def test_mlx_build_is_pulled_and_run(hub, home, mlx_repo):
     ran = roost_hub(hub, home, "run", NAME, QUESTION, "--engine", "mlx", "-y", "-t", "0", "-n", "12", "--json")
     assert ran.returncode == 0, ran.stderr
@@ -277,6 +280,7 @@ def test_mlx_build_is_pulled_and_run(hub, home, mlx_repo):
     assert json.loads(auto.stdout)["engine"]["engine"] == "mlx"
 
 
+@pytest.mark.slow
 def test_a_corrupt_weight_file_is_refused_and_fetched_again(hub, home, mlx_repo):
     hub.corrupt("model.safetensors")
     one_line(roost_hub(hub, home, "pull", NAME, "--engine", "mlx", "-y"), "model.safetensors", "failed verification")

@@ -174,6 +174,7 @@ def _ask_at_once(url, n, max_tokens=12):
     return threads, results
 
 
+@pytest.mark.slow
 def test_eight_clients_at_once_are_all_answered_in_turn(url):
     threads, results = _ask_at_once(url, 8)
     for t in threads:
@@ -314,6 +315,7 @@ def test_remote_mistakes_get_one_line(cli_server, llama, roost_here):
     one_line(roost_here("serve", "missing.gguf", "--port", "0"), "missing.gguf")
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_server_and_its_answer(demo_gguf):
     server = Serve("demo", "--port", "0")
     with httpx2.stream("POST", server.url + "/v1/chat/completions", timeout=60,
@@ -327,6 +329,7 @@ def test_ctrl_c_stops_the_server_and_its_answer(demo_gguf):
     assert json.loads(tail[-2][6:])["roost"]["stop_reason"] == "cancelled"
 
 
+@pytest.mark.slow
 def test_soak_keeps_memory_flat(demo_gguf):
     """200 requests, whole and streamed, on the CLI's server: its RSS settles and stays."""
     server = Serve("demo", "--port", "0", "--ctx", "512")
@@ -348,6 +351,7 @@ def test_soak_keeps_memory_flat(demo_gguf):
         server.stop()
 
 
+@pytest.mark.slow
 def test_chat_app_on_a_remote_engine(url):
     app_engine = connect(url, api_key=KEY)
     from roost.tui.app import RoostApp
@@ -402,6 +406,7 @@ def other_server(demo_gguf):
     proc.wait(30)
 
 
+@pytest.mark.slow
 def test_remote_engine_on_another_server_measures_at_the_client(other_server):
     engine = connect(other_server)
     try:
@@ -441,6 +446,7 @@ def _loaded_again(url, timeout=120):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream, where, how", [(False, "stream:3", "segv"), (True, "stream:3", "kill"),
                                                 (True, "prefill", "abort")])
 def test_an_engine_crash_is_a_500_then_503_while_it_loads_again_then_served(demo_gguf, monkeypatch, tmp_path,
@@ -477,6 +483,7 @@ def test_an_engine_crash_is_a_500_then_503_while_it_loads_again_then_served(demo
         engine.close()
 
 
+@pytest.mark.slow
 def test_roost_serve_runs_its_engine_in_a_process_that_may_crash(demo_gguf, monkeypatch, tmp_path):
     crash_in(monkeypatch, tmp_path, "stream:2", "segv")
     server = Serve("demo", "--port", "0", "--ctx", "512")

@@ -47,6 +47,7 @@ def test_pull_any_repo_reads_the_header_remotely_to_pick(hub, home):
     assert by_file.returncode == 0 and by_file.stdout.strip().endswith("Tiny-Q8_0.gguf")
 
 
+@pytest.mark.slow
 def test_cut_connection_is_resumed(hub, home, demo_gguf):
     entry = catalog.models()[NAME]
     hub.cut_after(entry.gguf[0].file, os.path.getsize(demo_gguf) // 2)
@@ -79,6 +80,7 @@ def test_gated_repo_says_how_to_log_in_and_works_with_a_token(hub, home):
     assert ok.returncode == 0, ok.stderr
 
 
+@pytest.mark.slow
 def test_offline_uses_the_cache_and_says_when_it_cannot(hub, home):
     one_line(roost_hub(hub, home, "pull", NAME, "--yes", env={"HF_HUB_OFFLINE": "1"}), "HF_HUB_OFFLINE")
     assert roost_hub(hub, home, "pull", NAME, "--yes").returncode == 0
@@ -134,6 +136,7 @@ def test_split_files_are_listed_as_one(hub, home, monkeypatch, hub_root):
     assert files["Q8_0"].files == ["Big-Q8_0-00001-of-00002.gguf", "Big-Q8_0-00002-of-00002.gguf"]
 
 
+@pytest.mark.slow
 def test_a_killed_download_leaves_nothing_behind_for_long(hub, home, demo_gguf):
     entry = catalog.models()[NAME]
     gguf = entry.gguf[0]
@@ -171,6 +174,7 @@ def test_gated_repo_refuses_the_remote_header_read_too(hub, home, hub_root, demo
     assert ok.returncode == 0 and len(json.loads(ok.stdout)["options"]) == 2, ok.stderr
 
 
+@pytest.mark.slow
 def test_a_named_gguf_quant_is_pulled_for_llama_cpp_on_a_mac(hub, home, demo_gguf):
     # NAME has an MLX build that fits a 64 GB Mac; a GGUF quant named by the user still
     # means llama.cpp, and the pull says so.
@@ -182,6 +186,7 @@ def test_a_named_gguf_quant_is_pulled_for_llama_cpp_on_a_mac(hub, home, demo_ggu
     assert "engine: llama.cpp on Metal — Q8_0 is a GGUF quant" in pulled.stderr
 
 
+@pytest.mark.slow
 def test_pull_on_a_mac_says_why_it_takes_the_mlx_build(hub, home, mlx_repo):
     # no terminal to ask at: pulled, as a GGUF is
     pulled = roost_hub(hub, home, "pull", NAME, machine="m3max64.json")

@@ -4,6 +4,8 @@
 import asyncio
 import os
 
+import pytest
+
 from conftest import NAME, ROOT, in_process
 from roost.tui.app import RoostApp
 from roost.tui.screens.chat import ChatScreen
@@ -96,6 +98,7 @@ def test_list_filters_and_refuses_what_does_not_fit(hub, home, monkeypatch):
     run_app(scenario, monkeypatch, "m1_8gb.json", engine="llama")
 
 
+@pytest.mark.slow
 def test_mlx_lists_mlx_builds_downloads_one_and_chats(hub, home, monkeypatch, mlx_repo):
     """On Apple Silicon MLX is picked for the app; its list holds the catalog's MLX
     builds, and a chosen build is fetched from the Hub and answers (here, on MLX's CPU build)."""
@@ -110,6 +113,7 @@ def test_mlx_lists_mlx_builds_downloads_one_and_chats(hub, home, monkeypatch, ml
     run_app(scenario, monkeypatch, "m3max64.json")
 
 
+@pytest.mark.slow
 def test_download_shows_progress_then_opens_the_chat(hub, home, monkeypatch):
     in_process(hub, home, monkeypatch)
 

@@ -141,6 +141,7 @@ def test_unsafe_chat_template_is_refused_without_running_it(tmp_path, demo_gguf,
     assert not canary.exists()
 
 
+@pytest.mark.slow
 def test_model_without_template_falls_back_to_chatml(tmp_path, demo_gguf):
     model = with_chat_template(demo_gguf, str(tmp_path / "plain.gguf"), None)
     out = json.loads(roost("run", model, QUESTION, "--temperature", "0", "-n", "30", "--json").stdout)

@@ -123,6 +123,7 @@ def test_the_self_test_passes_here_and_is_kept_per_build():
     assert json.loads(again.stdout)["self_test"]["ok"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where, how, signal", [("prefill", "segv", "SIGSEGV"), ("load", "abort", "SIGABRT"),
                                                 ("stream:2", "kill", "SIGKILL")])
 def test_a_crashing_engine_is_one_line_naming_the_signal_and_the_fix(where, how, signal):
@@ -172,6 +173,7 @@ cd {ROOT} && exec {sys.executable} -m roost "$@"
 # -- roost run: a native crash is one line, not "Segmentation fault" -------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, name", [("SIGSEGV", "SIGSEGV"), ("SIGABRT", "SIGABRT"), ("SIGKILL", "SIGKILL")])
 def test_a_crash_in_roost_run_is_one_line_and_what_was_written_stays(sig, name):
     """A real signal, sent to the process that runs the model mid-answer, as native code

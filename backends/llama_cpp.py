@@ -1,15 +1,14 @@
 """llama.cpp through llama-cpp-python: a thin adapter from `Llama` to roost's Engine.
 
-Only loading, the token loop and the readings live here. The prompt is rendered by
-roost.backends.chat_template (sandboxed), and the loop is roost's own rather than
-`Llama.create_chat_completion`, so that timing is taken at each token, a cancel is
-seen between prefill batches and between tokens, and the KV cache is reused for
-exactly the prefix this turn shares with what was evaluated before.
+Only loading, the model's side of the token loop and the readings live here. The prompt
+is rendered by roost.backends.chat_template (sandboxed), and the loop is roost's own
+(backends/streaming.py) rather than `Llama.create_chat_completion`, so that timing is
+taken at each token, a cancel is seen between prefill batches and between tokens, and the
+KV cache is reused for exactly the prefix this turn shares with what was evaluated before.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import re
 import threading
@@ -23,15 +22,8 @@ import numpy as np
 from roost.backends import memory
 from roost.machine import engine_build, hardware
 from roost.models import gguf_info
-from roost.backends.base import (
-    Cancel,
-    EngineInfo,
-    Event,
-    MemoryReading,
-    Params,
-    Plan,
-)
-from roost.backends.streaming import ChatPrompt, Clock, StopMatcher, TokenLoop, check_fits, done, reusable_prefix
+from roost.backends.base import Cancel, EngineInfo, MemoryReading, Params, Plan
+from roost.backends.streaming import ChatPrompt, TokenLoop, Utf8Pieces, check_fits, reusable_prefix
 from roost.errors import ModelFileError
 
 
@@ -183,22 +175,12 @@ class LlamaCppEngine(TokenLoop):
 
     # -- generation -----------------------------------------------------------
 
-    def _generate(self, tokenize, params: Params, cancel: Cancel | None) -> Iterator[Event]:
-        cancel = cancel or Cancel()
+    def _steps(self, prompt: list[int], cached: int, params: Params, cancel: Cancel) -> Iterator[tuple[int, None]]:
         llm = self._llm
-        clock = Clock()
-        n_ctx = self._n_ctx
-        prompt = tokenize()  # inside the clock: rendering and tokenizing are part of TTFT
-        check_fits(prompt, n_ctx, self._n_ctx_train)
-
-        cached = self._reuse_prefix(prompt)
-        clock.prefill_started()
         for i in range(cached, len(prompt), self.plan.n_batch):
             if cancel.is_set():
-                yield done("", prompt, cached, 0, "cancelled", self._n_ctx, **clock.durations())
                 return
             llm.eval(prompt[i : i + self.plan.n_batch])
-
         llm.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed)
         sampler = llm._init_sampler(
             top_k=params.top_k,
@@ -207,43 +189,21 @@ class LlamaCppEngine(TokenLoop):
             temp=params.temperature,
             repeat_penalty=params.repeat_penalty,
         )
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(params.stop)
-        text: list[str] = []
-        generated = 0
         while True:
-            if params.max_tokens is not None and generated >= params.max_tokens:
-                reason = "length"
-                break
-            if llm.n_tokens >= n_ctx:
-                reason = "context"
-                break
-            if cancel.is_set():
-                reason = "cancelled"
-                break
+            # No log-probabilities: the sampler keeps none (the logits they would come
+            # from are in llm._ctx until the next eval).
             token = sampler.sample(llm._ctx, -1)
-            clock.token()
-            generated += 1
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                reason = "stop"
-                break
-            piece, stopped = stops.feed(decoder.decode(llm.detokenize([token])))
-            if piece:
-                text.append(piece)
-                yield clock.stamp(piece, generated, len(prompt))
-            if stopped:
-                reason = "stop"
-                break
+            yield token, None
             # Evaluated only when another token is wanted, so the KV cache always holds
             # exactly the tokens of input_ids[:n_tokens].
-            if params.max_tokens is None or generated < params.max_tokens:
-                llm.eval([token])
-        if reason != "stop":
-            tail = stops.flush() + decoder.decode(b"", final=True)
-            if tail:
-                text.append(tail)
-                yield clock.stamp(tail, generated, len(prompt))
-        yield done("".join(text), prompt, cached, generated, reason, n_ctx, **clock.durations())
+            llm.eval([token])
+
+    def _ends_turn(self, token: int) -> bool:
+        return llama_cpp.llama_vocab_is_eog(self._vocab, token)
+
+    def _detokenizer(self) -> Utf8Pieces:
+        llm = self._llm
+        return Utf8Pieces(lambda token: llm.detokenize([token]))
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Keep the KV cache for the longest prefix shared with what is evaluated now."""

@@ -1,10 +1,11 @@
-"""MLX through mlx-lm: a thin adapter from `stream_generate` to roost's Engine.
+"""MLX through mlx-lm: `generate_step` as the model's side of roost's token loop.
 
-mlx-lm's responses already carry prompt and generation tok/s and peak memory, so the
-stats are read from them and never timed again here; roost adds only the time spent
-rendering and tokenizing before mlx-lm starts, which belongs in time to first token.
-The prompt is rendered by roost.backends.chat_template (sandboxed) exactly as for llama.cpp,
-and one prompt cache lives across turns, cut back to the prefix the next prompt shares.
+mlx-lm's `generate_step` prefills and samples; the loop around it is roost's own
+(backends/streaming.py), the one llama.cpp's runs in, in place of mlx-lm's
+`stream_generate`: limits, stops, cancel, the clock, and text from the tokenizer's own
+streaming detokenizer. The prompt is rendered by roost.backends.chat_template (sandboxed)
+exactly as for llama.cpp, and one prompt cache lives across turns, cut back to the prefix
+the next prompt shares.
 Hybrid and recurrent models (Qwen3-Next, LFM2, Nemotron-H, Mamba) keep a state that
 cannot be cut back: theirs is reused only by a prompt that extends all it has taken in.
 """
@@ -14,20 +15,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Iterator, Sequence
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
-from mlx_lm import stream_generate
+from mlx_lm.generate import generate_step, generation_stream, wired_limit
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from mlx_lm.utils import load as load_model
 
 from roost.backends import memory
-from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Params, Plan, Token
-from roost.backends.streaming import ChatPrompt, StopMatcher, TokenLoop, check_fits, done, reusable_prefix
+from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Params, Plan
+from roost.backends.streaming import ChatPrompt, TokenLoop, reusable_prefix
 from roost.errors import ModelFileError, ModelTooBig
 
 # What MLX says when memory runs out (mlx/backend/metal/allocator.cpp and device.cpp, and
@@ -68,6 +68,22 @@ def _taken_in(cache) -> int | None:
     return None
 
 
+class _Segments:
+    """mlx-lm's streaming detokenizer (the one the model's tokenizer calls for: SPM, BPE or
+    naive) as the token loop's Detokenizer."""
+
+    def __init__(self, detokenizer):
+        self._detokenizer = detokenizer
+
+    def add(self, token: int) -> str:
+        self._detokenizer.add_token(token)
+        return self._detokenizer.last_segment
+
+    def finish(self) -> str:
+        self._detokenizer.finalize()
+        return self._detokenizer.last_segment
+
+
 def device() -> str:
     if mx.default_device().type != mx.gpu:
         return "CPU"
@@ -102,6 +118,7 @@ class MlxEngine(TokenLoop):
             # Whether the tokenizer itself would begin a text with BOS.
             tok.bos_token_id is not None and tok.encode("", add_special_tokens=True)[:1] == [tok.bos_token_id],
         )
+        self._n_ctx = plan.n_ctx
         self._model_bytes = sum(v.nbytes for _, v in tree_flatten(self._model.parameters()))
         self._cache = make_prompt_cache(self._model)
         self._held: list[int] = []  # the tokens the cache has taken in
@@ -110,7 +127,7 @@ class MlxEngine(TokenLoop):
 
     def _generate(self, tokenize, params: Params, cancel: Cancel | None) -> Iterator[Event]:
         try:
-            yield from self._answer(tokenize, params, cancel)
+            yield from super()._generate(tokenize, params, cancel)
         except RuntimeError as e:
             # A step that failed leaves the cache half-written: the next answer starts afresh.
             self._cache, self._held = make_prompt_cache(self._model), []
@@ -118,18 +135,9 @@ class MlxEngine(TokenLoop):
                 raise
             raise oom from None
 
-    def _answer(self, tokenize, params: Params, cancel: Cancel | None) -> Iterator[Event]:
-        cancel = cancel or Cancel()
-        called = time.perf_counter()
-        prompt = tokenize()  # rendering and tokenizing are part of TTFT
-        n_ctx = self.plan.n_ctx
-        check_fits(prompt, n_ctx, self._n_ctx_train)
-        cached = self._reuse_prefix(prompt)
-        room = n_ctx - len(prompt)
-        limit = room if params.max_tokens is None else min(params.max_tokens, room)
+    def _steps(self, prompt: list[int], cached: int, params: Params, cancel: Cancel) -> Iterator[tuple[int, mx.array]]:
         if params.seed is not None:
             mx.random.seed(params.seed)
-
         prefilled = 0  # tokens of prompt[cached:] run so far, for a cache that keeps no count
 
         def hook(processed: int, total: int) -> None:
@@ -139,9 +147,9 @@ class MlxEngine(TokenLoop):
                 raise _Cancelled
 
         generated: list[int] = []
-        responses = stream_generate(
-            self._model, self._tokenizer, prompt[cached:],
-            max_tokens=limit,
+        steps = generate_step(
+            mx.array(prompt[cached:]), self._model,
+            max_tokens=-1,  # the loop stops asking
             sampler=make_sampler(params.temperature, params.top_p, params.min_p, top_k=params.top_k),
             logits_processors=(make_logits_processors(repetition_penalty=params.repeat_penalty)
                                if params.repeat_penalty != 1.0 else None),
@@ -149,44 +157,25 @@ class MlxEngine(TokenLoop):
             prefill_step_size=self.plan.n_batch,
             prompt_progress_callback=hook,
         )
-        setup_s = time.perf_counter() - called
-        stops = StopMatcher(params.stop)
-        text: list[str] = []
-        timing = dict(prefill_s=0.0, decode_s=0.0, ttft_s=0.0)
-        reason = "cancelled"
         try:
-            for r in responses:
-                generated.append(r.token)
-                prefill_s = r.prompt_tokens / r.prompt_tps
-                timing = dict(prefill_s=prefill_s, decode_s=r.generation_tokens / r.generation_tps,
-                              ttft_s=setup_s + prefill_s)
-                piece, stopped = stops.feed(r.text)
-                if piece:
-                    text.append(piece)
-                    yield Token(piece, r.generation_tokens, timing["decode_s"], timing["ttft_s"], len(prompt))
-                if stopped:
-                    reason = "stop"
-                    break
-                if r.finish_reason is not None:
-                    asked = params.max_tokens is not None and params.max_tokens <= room
-                    reason = "stop" if r.finish_reason == "stop" else "length" if asked else "context"
-                    break
-                if cancel.is_set():
-                    break
+            with wired_limit(self._model, [generation_stream]):
+                for token, logprobs in steps:
+                    generated.append(token)
+                    yield token, logprobs
         except _Cancelled:
-            pass
+            return
         finally:
-            responses.close()
+            steps.close()
             taken = _taken_in(self._cache)
-            if taken is None:  # mlx-lm runs each token through the model before it yields it
+            if taken is None:  # generate_step runs each token through the model before it yields it
                 taken = cached + prefilled + len(generated)
             self._held = (prompt + generated)[:taken]
-        if reason != "stop":
-            tail = stops.flush()
-            if tail:
-                text.append(tail)
-                yield Token(tail, len(generated), timing["decode_s"], timing["ttft_s"], len(prompt))
-        yield done("".join(text), prompt, cached, len(generated), reason, n_ctx, **timing)
+
+    def _ends_turn(self, token: int) -> bool:
+        return token in self._tokenizer.eos_token_ids
+
+    def _detokenizer(self) -> "_Segments":
+        return _Segments(self._tokenizer.detokenizer)
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Cut the cache back to the prefix this prompt shares with what it holds."""

@@ -1,11 +1,18 @@
-"""What every local engine's token loop shares, whatever library runs the model: the
-prompt rendered and tokenized the same way, the shared prefix with what the cache
-holds, the refusal of a prompt that does not fit, and stop strings held back."""
+"""The one token loop every local engine runs, whatever library runs the model.
+
+Layered the way mlx-lm layers `generate_step` under `stream_generate`: an engine supplies
+the model's side (keep what the cache holds of the prompt, prefill the rest, then each
+next token with its log-probabilities, whether a token ends the turn, and how tokens
+become text), and `TokenLoop` here owns everything else, once for all: the prompt rendered
+and tokenized the same way, the refusal of a prompt that does not fit, max_tokens and the
+context limit, a cancel, stop strings held back, text decoded as it comes and its tail,
+the clock, and the one `Done` that ends every stream."""
 
 from __future__ import annotations
 
+import codecs
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from roost.backends import chat_template, memory
 from roost.backends.base import Cancel, Done, Event, Message, Params, Stats, Token
@@ -37,12 +44,39 @@ class ChatPrompt:
         return tokens
 
 
+class Detokenizer(Protocol):
+    """Tokens to text as they come, for one answer: what `add` returns is ready to show;
+    `finish` gives what was held back (half a character, a space that may join a word)."""
+
+    def add(self, token: int) -> str: ...
+
+    def finish(self) -> str: ...
+
+
+class Utf8Pieces:
+    """The Detokenizer of an engine whose tokens are byte strings (llama.cpp): a character
+    split across tokens is shown once its last byte has come."""
+
+    def __init__(self, token_bytes: Callable[[int], bytes]):
+        self._bytes = token_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token: int) -> str:
+        return self._utf8.decode(self._bytes(token))
+
+    def finish(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
 class TokenLoop:
-    """A chat and a raw text reach an engine's one token loop, `_generate`, the same way:
-    as a function that renders and tokenizes, called inside the loop so that its time
-    counts toward the first token."""
+    """A chat and a raw text reach the one token loop, `_generate`, the same way: as a
+    function that renders and tokenizes, called inside the loop so that its time counts
+    toward the first token. An engine subclasses this and supplies the four methods
+    below `_generate`; the loop calls nothing else of it."""
 
     _prompt: ChatPrompt
+    _n_ctx: int  # the usable window: prompt and answer together
+    _n_ctx_train: int | None
 
     def stream(self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
         return self._generate(lambda: self._prompt.tokens(messages), params, cancel)
@@ -55,6 +89,78 @@ class TokenLoop:
         return self._prompt.text_tokens(text)
 
     def _generate(self, tokenize: Callable[[], list[int]], params: Params, cancel: Cancel | None) -> Iterator[Event]:
+        cancel = cancel or Cancel()
+        clock = Clock()
+        prompt = tokenize()  # inside the clock: rendering and tokenizing are part of TTFT
+        check_fits(prompt, self._n_ctx, self._n_ctx_train)
+        cached = self._reuse_prefix(prompt)
+        clock.prefill_started()
+        room = self._n_ctx - len(prompt)
+        limit = room if params.max_tokens is None else min(params.max_tokens, room)
+        pieces = self._detokenizer()
+        stops = StopMatcher(params.stop)
+        text: list[str] = []
+        generated = 0
+        reason, stopped = "cancelled", False  # an engine that ends without a token was cancelled in prefill
+        steps = self._steps(prompt, cached, params, cancel)
+        try:
+            while True:
+                # Before the next token is asked for: asking is what costs a step of the model.
+                if generated >= limit:
+                    asked = params.max_tokens is not None and generated >= params.max_tokens
+                    reason = "length" if asked else "context"
+                    break
+                if cancel.is_set():
+                    break
+                step = next(steps, None)
+                if step is None:
+                    break
+                token, _logprobs = step  # kept reachable for a caller that asks for them; none does yet
+                clock.token()
+                generated += 1
+                if self._ends_turn(token):
+                    reason = "stop"
+                    break
+                piece, stopped = stops.feed(pieces.add(token))
+                if piece:
+                    text.append(piece)
+                    yield clock.stamp(piece, generated, len(prompt))
+                if stopped:
+                    reason = "stop"
+                    break
+        finally:
+            steps.close()  # the engine notes what its cache holds now
+        if not stopped:  # after a stop string nothing more is shown
+            tail, stopped = stops.feed(pieces.finish())
+            if stopped:
+                reason = "stop"
+            elif reason != "stop":  # the model ended its turn: what may start a stop string is dropped
+                tail += stops.flush()
+            if tail:
+                text.append(tail)
+                yield clock.stamp(tail, generated, len(prompt))
+        yield done("".join(text), prompt, cached, generated, reason, self._n_ctx, **clock.durations())
+
+    # -- what each engine supplies ------------------------------------------------------
+
+    def _reuse_prefix(self, prompt: list[int]) -> int:
+        """Keep the cache for the longest prefix it shares with prompt (`reusable_prefix`),
+        drop the rest; how many tokens are kept."""
+        raise NotImplementedError
+
+    def _steps(self, prompt: list[int], cached: int, params: Params, cancel: Cancel) -> Iterator[tuple[int, Any]]:
+        """Prefill prompt[cached:], then sample with params: (token id, its log-probabilities
+        where the engine has them, else None) for as long as the loop asks. A token is run
+        through the model no later than when the next one is asked for. Between prefill
+        chunks, a cancel ends it without a token. Closed when the answer ends, however."""
+        raise NotImplementedError
+
+    def _ends_turn(self, token: int) -> bool:
+        """An end-of-generation token: counted, never shown."""
+        raise NotImplementedError
+
+    def _detokenizer(self) -> Detokenizer:
+        """A fresh one for each answer."""
         raise NotImplementedError
 
 

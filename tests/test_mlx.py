@@ -169,12 +169,12 @@ def test_running_out_of_memory_is_one_line_not_a_corrupt_file(demo_mlx, message)
     at_load = f"def load_model(path):\n    raise RuntimeError({message!r})\nengine.load_model = load_model"
     line = one_line(run_patched(at_load, demo_mlx, "hi"), "ran out of memory loading", "smaller quant", message[:20])
     assert "corrupt" not in line
-    answering = ("real = engine.stream_generate\n"
-                 "def stream_generate(*args, **kwargs):\n"
-                 "    for n, response in enumerate(real(*args, **kwargs)):\n"
+    answering = ("real = engine.generate_step\n"
+                 "def generate_step(*args, **kwargs):\n"
+                 "    for n, step in enumerate(real(*args, **kwargs)):\n"
                  f"        if n == 3:\n            raise RuntimeError({message!r})\n"
-                 "        yield response\n"
-                 "engine.stream_generate = stream_generate")
+                 "        yield step\n"
+                 "engine.generate_step = generate_step")
     result = run_patched(answering, demo_mlx, QUESTION, "-t", "0")
     one_line(result, "ran out of memory while answering", "smaller --ctx")
     assert result.stdout.strip()  # what was answered before stays

@@ -25,7 +25,7 @@ DOING = {"load": "loading the model", "prefill": "reading the prompt", "stream:3
 
 
 def crash(monkeypatch, where, how="segv", once=None):
-    """Arm the child's test-only crash hook (backends/child.py) for children started from now."""
+    """Arm the child's test-only crash hook (backends/child_main.py) for children started from now."""
     monkeypatch.setenv("ROOST_TEST_CRASH", where)
     monkeypatch.setenv("ROOST_TEST_CRASH_HOW", how)
     if once:

@@ -209,6 +209,7 @@ def test_close_ends_the_child_and_gives_its_memory_back(demo_gguf):
         engine.memory()
 
 
+@pytest.mark.slow
 def test_mlx_runs_in_a_child_too(demo_mlx):
     engine = load(demo_mlx, Plan(n_ctx=512), engine="mlx", isolated=True)
     try:

@@ -149,7 +149,7 @@ def test_model_without_template_falls_back_to_chatml(tmp_path, demo_gguf):
     assert "Tokyo" in out["text"]
 
 
-@pytest.mark.parametrize("as_json", [False, True])
+@pytest.mark.parametrize("as_json", [False, pytest.param(True, marks=pytest.mark.slow)])  # True waits 5 s
 def test_ctrl_c_stops_cleanly_and_keeps_the_text(as_json):
     args = [sys.executable, "-m", "roost", "run", "demo", "Write a very long story about a dragon.",
             "--temperature", "0", "-n", "3000"] + (["--json"] if as_json else [])

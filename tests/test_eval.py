@@ -160,6 +160,7 @@ def test_eval_mistakes_get_one_line(tmp_path, demo_gguf, roost_here):
 # -- perplexity and KL divergence ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_perplexity_matches_llama_cpps_own_logits(demo_gguf):
     """One chunk scored by roost, and by llama-cpp-python's own logits_all evaluation."""
     import llama_cpp

@@ -35,6 +35,7 @@ def test_a_folder_runs_on_mlx_without_asking(demo_mlx):
     assert memory["engine_peak_bytes"] >= memory["buffers"]["model"] > 50 * 2**20
 
 
+@pytest.mark.slow
 def test_engine_flag_streams_text_and_stats(demo_mlx):
     result = roost("run", "--engine", "mlx", demo_mlx, QUESTION, "-t", "0", "-n", "12", "--stats")
     assert result.returncode == 0, result.stderr

@@ -2,8 +2,8 @@
 
 The SmolLM2 demo GGUF is turned into an MLX folder (tests/mlx_model.py: the same Q4_1
 and Q8_0 blocks, not re-quantized), so the two engines run identical numbers. Printed:
-  - decode and prefill tok/s: roost's MlxEngine vs mlx-lm's own stream_generate (both
-    read from stream_generate's responses), and roost's llama.cpp engine;
+  - decode and prefill tok/s: roost's MlxEngine (its own clock, taken at the token) vs
+    mlx-lm's own stream_generate (read from its responses), and roost's llama.cpp engine;
   - the ratio roost-MLX / bare mlx-lm (roost's overhead) and MLX / llama.cpp;
   - greedy agreement: how far the two engines' answers run the same on a few prompts.
 

@@ -274,7 +274,7 @@ def mlx_repo(hub_root, demo_mlx):
 
 
 def crash_in(monkeypatch, tmp_path, where: str, how: str = "segv") -> None:
-    """Arm the engine process's test-only crash hook (backends/child.py) for engine processes
+    """Arm the engine process's test-only crash hook (backends/child_main.py) for engine processes
     started from now, in this process and in the roost commands it runs: the first to get to
     `where` (load, prefill, stream:N) dies `how` (segv, abort, kill); those after it live."""
     monkeypatch.setenv("ROOST_TEST_CRASH", where)

@@ -258,7 +258,7 @@ def test_ctrl_c_stops_an_eval_and_keeps_nothing():
 
 
 # -- the engine's process dying ------------------------------------------------------------
-# Real crashes in each model's own engine process, through its test-only hook (backends/child.py).
+# Real crashes in each model's own engine process, through its test-only hook (backends/child_main.py).
 
 
 @pytest.mark.slow

@@ -122,6 +122,9 @@ BAD = {
     "absurd max_tokens": ({"model": "demo", "messages": CAPITAL, "max_tokens": 10**12}, 400, "max_tokens"),
     "negative max_tokens": ({"model": "demo", "messages": CAPITAL, "max_tokens": -1}, 400, "max_tokens"),
     "temperature text": ({"model": "demo", "messages": CAPITAL, "temperature": "hot"}, 400, "temperature"),
+    # Python's json reads NaN, which no bound check catches by comparing.
+    "temperature NaN": (json.dumps({"model": "demo", "messages": CAPITAL, "temperature": float("nan")}), 400,
+                        "temperature"),
     "several choices": ({"model": "demo", "messages": CAPITAL, "n": 3}, 400, "n"),
     "too many stops": ({"model": "demo", "messages": CAPITAL, "stop": ["x"] * 100}, 400, "stop"),
     "over the context": ({"model": "demo", "messages": [{"role": "user", "content": "word " * 600}]}, 400, "messages"),
@@ -429,7 +432,7 @@ def test_remote_engine_on_another_server_measures_at_the_client(other_server):
 
 
 # -- the engine's process dying ------------------------------------------------------------
-# Real crashes in the engine's own process, through its test-only hook (backends/child.py).
+# Real crashes in the engine's own process, through its test-only hook (backends/child_main.py).
 
 
 def _loaded_again(url, timeout=120):

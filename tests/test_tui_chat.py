@@ -83,7 +83,7 @@ def test_conversations_are_saved_and_reopened(demo_gguf):
 
 
 # -- the engine's process dying ------------------------------------------------------------
-# Real crashes in the engine's own process, through its test-only hook (backends/child.py).
+# Real crashes in the engine's own process, through its test-only hook (backends/child_main.py).
 
 SIGNAL_NAMES = {"segv": "SIGSEGV", "abort": "SIGABRT", "kill": "SIGKILL"}
 DOING = {"load": "loading the model", "prefill": "reading the prompt", "stream:3": "answering"}

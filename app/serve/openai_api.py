@@ -9,6 +9,7 @@ engine's own prefill and decode speeds rather than ones distorted by the network
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from roost import sampling
@@ -128,7 +129,9 @@ def _number(body: dict, name: str, kind: type, low, high, default=None):
     value = body.get(name)
     if value is None:
         return default
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+    # Python's json reads NaN and Infinity, which compare false with every bound: refused here.
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (kind is float or float(value).is_integer()))
     if not ok or value < low or (high is not None and value > high):
         within = f"from {low} to {high}" if high is not None else f"at least {low}"
         raise ApiError(400, f"{name} must be {'a whole number' if kind is int else 'a number'} {within}, not {value!r}",

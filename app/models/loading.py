@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Callable
 from roost.errors import UsageError
 
 if TYPE_CHECKING:
-    from roost.machine.fit import Option, Plan
+    from roost.backends.base import Plan
+    from roost.machine.fit import Option
 
 DEFAULT_CTX = 4096  # memory for the whole context is taken up front: not the model's maximum
 

@@ -182,6 +182,12 @@ def test_a_child_that_does_not_answer_is_not_waited_for(child, monkeypatch):
     monkeypatch.setattr(child_module, "_READING_S", 0.3)
     os.kill(child.pid, signal.SIGSTOP)
     try:
+        # kill() returns before every thread of the child has stopped: the control thread
+        # could still answer the reading below, so wait until the kernel says it is stopped.
+        deadline = time.monotonic() + 10
+        while open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] != "T":
+            assert time.monotonic() < deadline, "the child did not stop"
+            time.sleep(0.01)
         reading = child.memory()
         assert reading.rss_bytes is None and reading.app_rss_bytes > 0  # not known now: "memory n/a"
         cancel = Cancel()

@@ -2,7 +2,8 @@
 
 Every message is appended and flushed to disk as it is recorded, so a crash or a
 `kill -9` mid-answer loses at most the answer being written. Lines are records:
-{"type": "meta", …} first, then {"type": "message", "role", "content", "stats"?}, and
+{"type": "meta", …} first, then {"type": "message", "role", "content", "reasoning"?, "stats"?}
+(reasoning: a reasoning model's thought before that answer), and
 {"type": "retract"} when the last question was withdrawn (the engine refused it).
 """
 
@@ -53,8 +54,10 @@ class Conversation:
             f.flush()
             os.fsync(f.fileno())
 
-    def add(self, message: Message, stats: Stats | None = None) -> None:
+    def add(self, message: Message, stats: Stats | None = None, reasoning: str = "") -> None:
         record = {"type": "message", "role": message["role"], "content": message["content"]}
+        if reasoning:
+            record["reasoning"] = reasoning
         if stats is not None:
             record["stats"] = stats.as_dict()
         self._write(record)
@@ -63,7 +66,8 @@ class Conversation:
         self._write({"type": "retract"})
 
     def load(self) -> tuple[dict, list[Message]]:
-        """(meta, messages). A torn last line, from a crash mid-write, is skipped."""
+        """(meta, messages); an answer's thought, where one was kept, is its message's
+        "reasoning". A torn last line, from a crash mid-write, is skipped."""
         meta, messages = {}, []
         with open(self.path, encoding="utf-8") as f:
             for line in f:
@@ -77,7 +81,10 @@ class Conversation:
                     if record.get("system"):
                         messages.append({"role": "system", "content": record["system"]})
                 elif kind == "message":
-                    messages.append({"role": record["role"], "content": record["content"]})
+                    message = {"role": record["role"], "content": record["content"]}
+                    if record.get("reasoning"):
+                        message["reasoning"] = record["reasoning"]
+                    messages.append(message)
                 elif kind == "retract" and messages:
                     messages.pop()
         return meta, messages

@@ -34,7 +34,9 @@ class Session:
             for event in self.engine.stream(self.messages, self.params, cancel):
                 if isinstance(event, Done):
                     self.stats.append(event.stats)
-                    self._record({"role": "assistant", "content": event.text}, event.stats)
+                    # The thought is kept in the saved file, not in what the model reads
+                    # next turn (templates drop past thoughts anyway; they would fill the context).
+                    self._record({"role": "assistant", "content": event.text}, event.stats, event.reasoning)
                 yield event
         except BaseException:
             if self.messages[-1]["role"] == "user":
@@ -43,7 +45,7 @@ class Session:
                     self.saved.retract()
             raise
 
-    def _record(self, message: Message, stats: Stats | None = None) -> None:
+    def _record(self, message: Message, stats: Stats | None = None, reasoning: str = "") -> None:
         self.messages.append(message)
         if self.saved:
-            self.saved.add(message, stats)
+            self.saved.add(message, stats, reasoning)

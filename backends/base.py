@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, field, fields
-from typing import Iterator, Literal, Protocol, Sequence, TypedDict, Union
+from typing import Any, Iterator, Literal, Protocol, Sequence, TypedDict, Union
 
 
 class Message(TypedDict):
     role: str  # "system" | "user" | "assistant"
     content: str
+    # A saved answer's thought (history.py) may ride along as "reasoning": engines never
+    # send it to the model.
 
 
 StopReason = Literal["stop", "length", "context", "cancelled"]
@@ -46,6 +48,13 @@ class Params:
     repeat_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Reasoning models (backends/reasoning.py): None is the model's own default; "on",
+    # "off", or an effort ("low", "medium", "high") where the template takes one.
+    think: str | None = None
+    think_budget: int | None = None  # thinking tokens before roost closes the thought; None: no limit
+    # More variables for the chat template (the API's chat_template_kwargs); --think's own
+    # variables win over these.
+    template_vars: tuple[tuple[str, Any], ...] = ()
 
 
 def decode_rate(generated: int, decode_s: float) -> float:
@@ -66,6 +75,11 @@ class Stats:
     stop_reason: StopReason
     n_ctx: int
     peak_rss_bytes: int | None  # of the process running the model; None where a server does not say
+    # A reasoning model's split: the tokens of its thought (tags included), and the time
+    # from the call to the first token of the answer (None: no answer came; for a model
+    # that does not think, the same as ttft_s).
+    reasoning_tokens: int = 0
+    answer_ttft_s: float | None = None
 
     @property
     def prefilled_tokens(self) -> int:
@@ -83,6 +97,30 @@ class Stats:
     def context_tokens(self) -> int:
         return self.prompt_tokens + self.generated_tokens
 
+    @property
+    def answer_tokens(self) -> int:
+        return self.generated_tokens - self.reasoning_tokens
+
+    @property
+    def reasoning_s(self) -> float:
+        """How long the model thought: from its first token to its answer's first."""
+        if not self.reasoning_tokens:
+            return 0.0
+        if self.answer_ttft_s is None:  # it never answered: all of it was thought
+            return self.decode_s
+        return max(0.0, self.answer_ttft_s - self.ttft_s)
+
+    @property
+    def reasoning_tps(self) -> float:
+        return self.reasoning_tokens / self.reasoning_s if self.reasoning_s > 0 else 0.0
+
+    @property
+    def answer_tps(self) -> float:
+        """The answer's decode rate alone: what a reader of the answer waits on."""
+        if self.answer_ttft_s is None:
+            return 0.0
+        return decode_rate(self.answer_tokens, self.ttft_s + self.decode_s - self.answer_ttft_s)
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d.update(
@@ -90,25 +128,34 @@ class Stats:
             prefill_tps=round(self.prefill_tps, 2),
             decode_tps=round(self.decode_tps, 2),
             context_tokens=self.context_tokens,
+            answer_tokens=self.answer_tokens,
+            reasoning_s=round(self.reasoning_s, 4),
+            reasoning_tps=round(self.reasoning_tps, 2),
+            answer_tps=round(self.answer_tps, 2),
         )
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Stats":
-        """The inverse of as_dict: how a roost server's stats reach a roost client."""
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        """The inverse of as_dict: how a roost server's stats reach a roost client (one
+        from before a field was added leaves it at its default)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+REASONING, ANSWER = "reasoning", "answer"  # what a Token is part of
 
 
 @dataclass(frozen=True)
 class Token:
-    """A piece of the answer, with the engine's clock at that token, so that a view can
-    show live speed without timing anything itself."""
+    """A piece of the answer, or of the thought before it, with the engine's clock at that
+    token, so that a view can show live speed without timing anything itself."""
 
     text: str
     generated: int = 0  # tokens generated so far, this one included
     decode_s: float = 0.0  # since the first token
     ttft_s: float = 0.0
     prompt_tokens: int = 0
+    kind: str = ANSWER  # REASONING: the model's thought, shown apart from the answer
 
     @property
     def decode_tps(self) -> float:
@@ -117,8 +164,9 @@ class Token:
 
 @dataclass(frozen=True)
 class Done:
-    text: str  # the whole answer, as the caller should record it
+    text: str  # the whole answer, as the caller should record it: the thought left out
     stats: Stats
+    reasoning: str = ""  # the whole thought, for a reasoning model
 
 
 Event = Union[Token, Done]

@@ -63,17 +63,21 @@ def render(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    variables: dict | None = None,
 ) -> str:
+    """`variables`: more for the template to read (enable_thinking, reasoning_effort...);
+    they cannot replace the conversation or the special tokens."""
     from jinja2.exceptions import SecurityError, TemplateError as JinjaError
 
     template = _compile(source)
     try:
-        return template.render(
-            messages=[dict(m) for m in messages],
-            bos_token=bos_token,
-            eos_token=eos_token,
-            add_generation_prompt=add_generation_prompt,
-        )
+        return template.render({
+            **(variables or {}),
+            "messages": [dict(m) for m in messages],
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+            "add_generation_prompt": add_generation_prompt,
+        })
     except SecurityError as e:
         raise TemplateError(f"the model's chat template tried something unsafe and was stopped: {e}") from None
     except TemplateError:

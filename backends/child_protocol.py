@@ -37,7 +37,7 @@ TOKEN = "t"  # a Token goes as its fields, not pickled whole: a stream sends tho
 
 
 def token_message(token: Token) -> tuple:
-    return (TOKEN, token.text, token.generated, token.decode_s, token.ttft_s, token.prompt_tokens)
+    return (TOKEN, token.text, token.generated, token.decode_s, token.ttft_s, token.prompt_tokens, token.kind)
 
 
 def token_of(message: tuple) -> Token:

@@ -14,7 +14,7 @@ import re
 import threading
 from collections import deque
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Generator, Sequence
 
 import llama_cpp
 import numpy as np
@@ -175,7 +175,8 @@ class LlamaCppEngine(TokenLoop):
 
     # -- generation -----------------------------------------------------------
 
-    def _steps(self, prompt: list[int], cached: int, params: Params, cancel: Cancel) -> Iterator[tuple[int, None]]:
+    def _steps(self, prompt: list[int], cached: int, params: Params,
+               cancel: Cancel) -> Generator[tuple[int, None], list[int], None]:
         llm = self._llm
         for i in range(cached, len(prompt), self.plan.n_batch):
             if cancel.is_set():
@@ -193,17 +194,17 @@ class LlamaCppEngine(TokenLoop):
             # No log-probabilities: the sampler keeps none (the logits they would come
             # from are in llm._ctx until the next eval).
             token = sampler.sample(llm._ctx, -1)
-            yield token, None
+            forced = yield token, None
             # Evaluated only when another token is wanted, so the KV cache always holds
             # exactly the tokens of input_ids[:n_tokens].
-            llm.eval([token])
+            llm.eval([token, *(forced or ())])
 
     def _ends_turn(self, token: int) -> bool:
         return llama_cpp.llama_vocab_is_eog(self._vocab, token)
 
-    def _detokenizer(self) -> Utf8Pieces:
+    def _detokenizer(self, special: bool) -> Utf8Pieces:
         llm = self._llm
-        return Utf8Pieces(lambda token: llm.detokenize([token]))
+        return Utf8Pieces(lambda token: llm.detokenize([token], special=special))
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Keep the KV cache for the longest prefix shared with what is evaluated now."""

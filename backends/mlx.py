@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Iterator, Sequence
+from typing import Generator, Iterator, Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -135,7 +135,8 @@ class MlxEngine(TokenLoop):
                 raise
             raise oom from None
 
-    def _steps(self, prompt: list[int], cached: int, params: Params, cancel: Cancel) -> Iterator[tuple[int, mx.array]]:
+    def _steps(self, prompt: list[int], cached: int, params: Params,
+               cancel: Cancel) -> Generator[tuple[int, mx.array], list[int], None]:
         if params.seed is not None:
             mx.random.seed(params.seed)
         prefilled = 0  # tokens of prompt[cached:] run so far, for a cache that keeps no count
@@ -146,22 +147,35 @@ class MlxEngine(TokenLoop):
             if processed < total and cancel.is_set():
                 raise _Cancelled
 
-        generated: list[int] = []
-        steps = generate_step(
-            mx.array(prompt[cached:]), self._model,
-            max_tokens=-1,  # the loop stops asking
-            sampler=make_sampler(params.temperature, params.top_p, params.min_p, top_k=params.top_k),
-            logits_processors=(make_logits_processors(repetition_penalty=params.repeat_penalty)
-                               if params.repeat_penalty != 1.0 else None),
-            prompt_cache=self._cache,
-            prefill_step_size=self.plan.n_batch,
-            prompt_progress_callback=hook,
-        )
+        def segment(tokens: list[int], progress):
+            return generate_step(
+                mx.array(tokens), self._model,
+                max_tokens=-1,  # the loop stops asking
+                sampler=make_sampler(params.temperature, params.top_p, params.min_p, top_k=params.top_k),
+                logits_processors=(make_logits_processors(repetition_penalty=params.repeat_penalty)
+                                   if params.repeat_penalty != 1.0 else None),
+                prompt_cache=self._cache,
+                prefill_step_size=self.plan.n_batch,
+                prompt_progress_callback=progress,
+            )
+
+        generated: list[int] = []  # after the prompt: sampled and forced tokens, in order
+        steps = segment(prompt[cached:], hook)
         try:
             with wired_limit(self._model, [generation_stream]):
-                for token, logprobs in steps:
-                    generated.append(token)
-                    yield token, logprobs
+                while True:
+                    for token, logprobs in steps:
+                        generated.append(token)
+                        forced = yield token, logprobs
+                        if forced:
+                            break
+                    else:
+                        return
+                    # generate_step takes no tokens from outside: the forced ones start a
+                    # new one on the same cache, which holds every token yielded so far.
+                    steps.close()
+                    generated.extend(forced)
+                    steps = segment(forced, None)
         except _Cancelled:
             return
         finally:
@@ -174,7 +188,8 @@ class MlxEngine(TokenLoop):
     def _ends_turn(self, token: int) -> bool:
         return token in self._tokenizer.eos_token_ids
 
-    def _detokenizer(self) -> "_Segments":
+    def _detokenizer(self, special: bool) -> "_Segments":
+        # mlx-lm's detokenizers write special tokens out always.
         return _Segments(self._tokenizer.detokenizer)
 
     def _reuse_prefix(self, prompt: list[int]) -> int:

@@ -15,9 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, NamedTuple
 
+from roost.backends.base import ANSWER, REASONING
 from roost.errors import UsageError
 
-REASONING, ANSWER = "reasoning", "answer"
 COMMENTARY = "commentary"  # harmony's tool calls and preambles: neither the thought nor the answer
 CONTROL = "control"  # harmony's message headers, shown nowhere
 
@@ -62,6 +62,8 @@ _HARMONY_ENDS = ("<|start|>", "<|end|>", "<|return|>", "<|call|>")
 # No real template seen names two of these; were one to, the more particular wins.
 FORMATS = (HARMONY, SEED, MISTRAL, GEMMA, COHERE, THINK)
 _ANSWER_WRAPPERS = (("<response>", "</response>"), ("<answer>", "</answer>"))
+# Every marker that, as one token of a vocabulary, says which format a model writes.
+SIGNS = tuple(dict.fromkeys(s for fmt in FORMATS for s in (fmt.signs or (fmt.open, fmt.close))))
 
 
 def detect(template: str | None, special_tokens: Iterable[str] = (), prompt_tail: str = "") -> ReasoningFormat | None:

@@ -6,17 +6,29 @@ next token with its log-probabilities, whether a token ends the turn, and how to
 become text), and `TokenLoop` here owns everything else, once for all: the prompt rendered
 and tokenized the same way, the refusal of a prompt that does not fit, max_tokens and the
 context limit, a cancel, stop strings held back, text decoded as it comes and its tail,
+a reasoning model's thought told from its answer (and closed when its budget is spent),
 the clock, and the one `Done` that ends every stream."""
 
 from __future__ import annotations
 
 import codecs
 import time
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Iterator, Protocol, Sequence
 
-from roost.backends import chat_template, memory
-from roost.backends.base import Cancel, Done, Event, Message, Params, Stats, Token
+from roost.backends import chat_template, memory, reasoning
+from roost.backends.base import ANSWER, REASONING, Cancel, Done, Event, Message, Params, Stats, Token
 from roost.errors import ContextOverflow
+
+
+@dataclass(frozen=True)
+class Prompted:
+    """A prompt as the loop runs it: its tokens, and for a reasoning model's chat its
+    format (where the stream starts: in the thought or not) and thinking budget."""
+
+    tokens: list[int]
+    fmt: reasoning.ReasoningFormat | None = None
+    budget: int | None = None
 
 
 class ChatPrompt:
@@ -31,10 +43,24 @@ class ChatPrompt:
         self._tokenize = tokenize
         self._bos_id, self._bos_text, self._eos_text = bos_id, bos_text, eos_text
         self._add_bos = add_bos and bos_id is not None
+        self._specials: list[str] | None = None
 
-    def tokens(self, messages: Sequence[Message]) -> list[int]:
-        return self.text_tokens(chat_template.render(self.template, messages, bos_token=self._bos_text,
-                                                     eos_token=self._eos_text))
+    def specials(self) -> list[str]:
+        """The reasoning markers this vocabulary holds as single tokens: with the
+        template, what says whether (and how) the model thinks."""
+        if self._specials is None:
+            self._specials = [s for s in reasoning.SIGNS if len(self._tokenize(s)) == 1]
+        return self._specials
+
+    def chat(self, messages: Sequence[Message], params: Params) -> Prompted:
+        fmt = reasoning.detect(self.template, self.specials())
+        control = reasoning.control(self.template, fmt, params.think, params.think_budget)
+        messages = [{k: v for k, v in m.items() if k != "reasoning"} for m in messages]  # a saved thought stays out
+        text = chat_template.render(self.template, messages, bos_token=self._bos_text, eos_token=self._eos_text,
+                                    variables={**dict(params.template_vars), **control.variables})
+        if fmt is not None:  # the prompt's end says whether the stream starts inside a thought
+            fmt = reasoning.detect(self.template, self.specials(), prompt_tail=text[-256:])
+        return Prompted(self.text_tokens(text), fmt, control.budget)
 
     def text_tokens(self, text: str) -> list[int]:
         """Text as the model reads it, template or not."""
@@ -42,6 +68,10 @@ class ChatPrompt:
         if self._add_bos and (not tokens or tokens[0] != self._bos_id):
             tokens.insert(0, self._bos_id)
         return tokens
+
+    def close_tokens(self, fmt: reasoning.ReasoningFormat) -> list[int]:
+        """What a budget makes the model say to end its thought, as tokens (no BOS)."""
+        return self._tokenize(fmt.close_text)
 
 
 class Detokenizer(Protocol):
@@ -79,29 +109,47 @@ class TokenLoop:
     _n_ctx_train: int | None
 
     def stream(self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
-        return self._generate(lambda: self._prompt.tokens(messages), params, cancel)
+        return self._generate(lambda: self._prompt.chat(messages, params), params, cancel)
 
     def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
-        return self._generate(lambda: self.tokenize(prompt), params, cancel)
+        """Raw text continues as raw text: no thought is told apart (bench measures all)."""
+        return self._generate(lambda: Prompted(self.tokenize(prompt)), params, cancel)
 
     def tokenize(self, text: str) -> list[int]:
         """Text as the model reads it, BOS first where the model wants one."""
         return self._prompt.text_tokens(text)
 
-    def _generate(self, tokenize: Callable[[], list[int]], params: Params, cancel: Cancel | None) -> Iterator[Event]:
+    def _generate(self, prompted: Callable[[], Prompted], params: Params, cancel: Cancel | None) -> Iterator[Event]:
         cancel = cancel or Cancel()
         clock = Clock()
-        prompt = tokenize()  # inside the clock: rendering and tokenizing are part of TTFT
+        turn = prompted()  # inside the clock: rendering and tokenizing are part of TTFT
+        prompt, fmt, budget = turn.tokens, turn.fmt, turn.budget
+        split = reasoning.Splitter(fmt)
+        close = self._prompt.close_tokens(fmt) if fmt is not None and budget is not None else []
+        if split.over_budget(budget):
+            # No thinking where only a budget can say so, and the prompt opened the thought:
+            # the prompt closes it too, so the model starts on its answer.
+            prompt = prompt + close
+            split.feed(fmt.close_text, tokens=0)
         check_fits(prompt, self._n_ctx, self._n_ctx_train)
         cached = self._reuse_prefix(prompt)
         clock.prefill_started()
         room = self._n_ctx - len(prompt)
         limit = room if params.max_tokens is None else min(params.max_tokens, room)
-        pieces = self._detokenizer()
+        pieces = self._detokenizer(special=fmt is not None)
         stops = StopMatcher(params.stop)
-        text: list[str] = []
+        texts: dict[str, list[str]] = {ANSWER: [], REASONING: []}
         generated = 0
         reason, stopped = "cancelled", False  # an engine that ends without a token was cancelled in prefill
+        forced: list[int] = []  # tokens the loop writes in place of the model's next ones
+
+        def shown(parts: list[reasoning.Piece]) -> Iterator[Token]:
+            for kind, part in parts:
+                # Harmony's commentary (tool preambles) is not the answer: shown with the thought.
+                kind = ANSWER if kind == ANSWER else REASONING
+                texts[kind].append(part)
+                yield clock.stamp(part, generated, len(prompt), kind)
+
         steps = self._steps(prompt, cached, params, cancel)
         try:
             while True:
@@ -112,34 +160,42 @@ class TokenLoop:
                     break
                 if cancel.is_set():
                     break
-                step = next(steps, None)
-                if step is None:
+                try:
+                    token, _logprobs = steps.send(forced) if forced else next(steps)
+                except StopIteration:
                     break
-                token, _logprobs = step  # kept reachable for a caller that asks for them; none does yet
+                forced = []
                 clock.token()
                 generated += 1
                 if self._ends_turn(token):
                     reason = "stop"
                     break
                 piece, stopped = stops.feed(pieces.add(token))
-                if piece:
-                    text.append(piece)
-                    yield clock.stamp(piece, generated, len(prompt))
+                yield from shown(split.feed(piece, 1))
                 if stopped:
                     reason = "stop"
                     break
+                if split.over_budget(budget) and generated + len(close) < limit:
+                    # The thought has had its tokens: the model is made to close it (as
+                    # llama.cpp's --reasoning-budget does) and goes on with its answer.
+                    # These tokens are the model's text, never an end of turn or a stop.
+                    forced = close
+                    generated += len(forced)
+                    piece, _ = stops.feed("".join(pieces.add(t) for t in forced))
+                    yield from shown(split.feed(piece, len(forced)))
         finally:
             steps.close()  # the engine notes what its cache holds now
         if not stopped:  # after a stop string nothing more is shown
             tail, stopped = stops.feed(pieces.finish())
             if stopped:
                 reason = "stop"
-            elif reason != "stop":  # the model ended its turn: what may start a stop string is dropped
+            else:  # text held back in case it began a stop string that never came
                 tail += stops.flush()
-            if tail:
-                text.append(tail)
-                yield clock.stamp(tail, generated, len(prompt))
-        yield done("".join(text), prompt, cached, generated, reason, self._n_ctx, **clock.durations())
+            yield from shown(split.feed(tail, 0))
+        yield from shown(split.flush())  # a stream cut inside a thought ends as thought
+        thought = sum(n for kind, n in split.tokens.items() if kind != ANSWER)
+        yield done("".join(texts[ANSWER]), prompt, cached, generated, reason, self._n_ctx,
+                   reasoning="".join(texts[REASONING]), reasoning_tokens=thought, **clock.durations())
 
     # -- what each engine supplies ------------------------------------------------------
 
@@ -148,19 +204,23 @@ class TokenLoop:
         drop the rest; how many tokens are kept."""
         raise NotImplementedError
 
-    def _steps(self, prompt: list[int], cached: int, params: Params, cancel: Cancel) -> Iterator[tuple[int, Any]]:
+    def _steps(self, prompt: list[int], cached: int, params: Params,
+               cancel: Cancel) -> Generator[tuple[int, Any], list[int], None]:
         """Prefill prompt[cached:], then sample with params: (token id, its log-probabilities
         where the engine has them, else None) for as long as the loop asks. A token is run
-        through the model no later than when the next one is asked for. Between prefill
-        chunks, a cancel ends it without a token. Closed when the answer ends, however."""
+        through the model no later than when the next one is asked for; when the loop
+        sends a list of tokens instead of asking, those are run after it (as if the model
+        had written them) and the next token follows them. Between prefill chunks, a
+        cancel ends it without a token. Closed when the answer ends, however."""
         raise NotImplementedError
 
     def _ends_turn(self, token: int) -> bool:
         """An end-of-generation token: counted, never shown."""
         raise NotImplementedError
 
-    def _detokenizer(self) -> Detokenizer:
-        """A fresh one for each answer."""
+    def _detokenizer(self, special: bool) -> Detokenizer:
+        """A fresh one for each answer. `special`: control tokens are written out (a
+        reasoning model's markers are control tokens in some vocabularies)."""
         raise NotImplementedError
 
 
@@ -184,13 +244,15 @@ def reusable_prefix(held: Sequence[int], prompt: Sequence[int]) -> int:
 
 
 def done(text: str, prompt: list[int], cached: int, generated: int, reason: str, n_ctx: int,
-         prefill_s: float, decode_s: float, ttft_s: float) -> Done:
+         prefill_s: float, decode_s: float, ttft_s: float, answer_ttft_s: float | None,
+         reasoning: str = "", reasoning_tokens: int = 0) -> Done:
     """The one event that ends every stream, with the engine's own timings."""
     return Done(text, Stats(
         prompt_tokens=len(prompt), cached_tokens=cached, generated_tokens=generated,
         prefill_s=prefill_s, decode_s=decode_s, ttft_s=ttft_s, stop_reason=reason,
         n_ctx=n_ctx, peak_rss_bytes=memory.peak_rss_bytes(),
-    ))
+        reasoning_tokens=reasoning_tokens, answer_ttft_s=answer_ttft_s,
+    ), reasoning)
 
 
 class StopMatcher:
@@ -228,7 +290,7 @@ class Clock:
 
     def __init__(self) -> None:
         self.called = self.prefill_start = time.perf_counter()
-        self.first = self.last = None
+        self.first = self.last = self.answered = None
 
     def prefill_started(self) -> None:
         self.prefill_start = time.perf_counter()
@@ -237,9 +299,11 @@ class Clock:
         self.last = time.perf_counter()
         self.first = self.first or self.last
 
-    def stamp(self, text: str, generated: int, prompt_tokens: int) -> Token:
+    def stamp(self, text: str, generated: int, prompt_tokens: int, kind: str = ANSWER) -> Token:
         first = self.first or time.perf_counter()
-        return Token(text, generated, (self.last or first) - first, first - self.called, prompt_tokens)
+        if kind == ANSWER and self.answered is None:
+            self.answered = self.last or first
+        return Token(text, generated, (self.last or first) - first, first - self.called, prompt_tokens, kind)
 
     def durations(self) -> dict[str, float]:
         # A token's logits are only certain to be computed once it has been sampled
@@ -249,4 +313,5 @@ class Clock:
             prefill_s=first - self.prefill_start,
             decode_s=(self.last or first) - first,
             ttft_s=first - self.called,
+            answer_ttft_s=None if self.answered is None else self.answered - self.called,
         )

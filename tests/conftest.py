@@ -37,6 +37,28 @@ def demo_gguf() -> str:
     return path
 
 
+# SmolLM2's ChatML, made a reasoning model's: the prompt opens the thought as the
+# DeepSeek-R1 distills' template does, and `enable_thinking` false closes it empty as
+# Qwen3's does. SmolLM2 never writes </think> itself: a budget is what ends its thought.
+THINKING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}"
+    "{% else %}{{ '<think>\n' }}{% endif %}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def thinking_gguf(tmp_path_factory, demo_gguf) -> str:
+    """The demo model with THINKING_TEMPLATE: a real model whose stream starts in a thought."""
+    from gguf_files import with_chat_template
+
+    return with_chat_template(demo_gguf, str(tmp_path_factory.mktemp("thinking") / "SmolLM2-think.gguf"),
+                              THINKING_TEMPLATE)
+
+
 @pytest.fixture(scope="session")
 def demo_mlx(tmp_path_factory, demo_gguf) -> str:
     """The demo model's own weights as an MLX model directory (tests/mlx_model.py)."""

@@ -42,6 +42,10 @@ JSON_HELP = "print the result as JSON on stdout, for scripts (default: text)"
 SYSTEM_HELP = "system prompt (default: the model's own, if its chat template has one)"
 SEED_HELP = "sampling seed, for repeatable answers (default: a random one each time)"
 HISTORY_HELP = "show the earlier results kept on this machine instead, matching MODEL if given (default: run)"
+THINK_HELP = ("a reasoning model's thinking: on, off, or an effort (low, medium, high) for a model that takes one "
+              "(gpt-oss) (default: the model's own)")
+THINK_BUDGET_HELP = ("at most N tokens of thinking: then roost closes the thought and the model answers "
+                     "(default: no limit)")
 REMOTE_HELP = ("use a model served elsewhere over the OpenAI API (roost serve, llama-server, vLLM, Ollama), "
                "e.g. http://127.0.0.1:8080 (default: a model on this machine)")
 
@@ -127,6 +131,23 @@ def _sampling_options(command) -> None:
     command.add_argument("--seed", type=int, metavar="N", help=SEED_HELP)
 
 
+def _budget(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _thinking_options(command) -> None:
+    from roost.backends.reasoning import THINK_SETTINGS
+
+    command.add_argument("--think", choices=THINK_SETTINGS, help=THINK_HELP)
+    command.add_argument("--think-budget", type=_budget, metavar="N", help=THINK_BUDGET_HELP)
+
+
 def _remote_options(command) -> None:
     command.add_argument("--remote", metavar="URL", help=REMOTE_HELP)
     _api_key_option(command)
@@ -151,10 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--max-tokens", type=_positive_int, metavar="N",
                      help="stop after N tokens (default: when the model stops or the context is full)")
     _sampling_options(run)
+    _thinking_options(run)
+    run.add_argument("--hide-thinking", action="store_true",
+                     help="show a reasoning model's thought nowhere (default: dimmed on stderr when that is a "
+                     "terminal, nowhere when it is not; stdout has only the answer either way)")
     _ctx_option(run)
     run.add_argument("--stats", action="store_true",
                      help="print one line to stderr: prompt and generation tok/s, time to first token, peak memory, "
-                     "context used (default: off)")
+                     "context used, thinking and answer apart (default: off)")
     _json_option(run)
     _local_engine_options(run)
     _remote_options(run)
@@ -216,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("model", metavar="MODEL", nargs="?",
                       help=f"{MODEL_HELP}; with --remote, the server's model (default: pick one in the app)")
     _sampling_options(chat)
+    _thinking_options(chat)
     _ctx_option(chat)
     _local_engine_options(chat)
     _remote_options(chat)
@@ -235,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the model's id in the API (default: MODEL as given, or the file's name)")
     serve.add_argument("--queue", type=_positive_int, default=16, metavar="N",
                        help="requests that may wait while one is answered; more get 503 (default: 16)")
+    _thinking_options(serve)  # the defaults; a request may ask otherwise
     _ctx_option(serve)
     _local_engine_options(serve)
     serve.set_defaults(handler=cmd_serve)
@@ -288,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: off)")
     golden.add_argument("--golden-update", action="store_true",
                         help="store each model's answers as golden anew (default: off)")
+    _thinking_options(evaluate)
     _ctx_option(evaluate, more=f"; with --ppl, tokens per chunk (default: {PPL_CTX})")
     _local_engine_options(evaluate)
     _api_key_option(evaluate)

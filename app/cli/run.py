@@ -47,7 +47,7 @@ def cmd_run(args) -> int:
         loading = time.perf_counter()
         engine = load(model.path, model.plan, engine=model.engine)
     load_s = time.perf_counter() - loading
-    params = Params(max_tokens=args.max_tokens, seed=args.seed, **sampled(args))
+    params = Params(max_tokens=args.max_tokens, seed=args.seed, **sampled(args), **thinking(args))
     session = Session(engine, params, system=args.system)
 
     cancel = Cancel()
@@ -85,6 +85,11 @@ def sampled(args) -> dict:
     return {s.name: getattr(args, s.name) for s in sampling.SETTINGS}
 
 
+def thinking(args) -> dict:
+    """--think and --think-budget, by Params field."""
+    return {"think": args.think, "think_budget": args.think_budget}
+
+
 def connect_remote(args):
     """The remote engine for --remote; what only a local model takes is refused."""
     from roost.backends import connect
@@ -108,7 +113,7 @@ def cmd_chat(args) -> int:
     from roost.backends.base import Params
     from roost.tui.app import RoostApp
 
-    params = Params(seed=args.seed, **sampled(args))
+    params = Params(seed=args.seed, **sampled(args), **thinking(args))
     if args.model is None and not args.remote:
         from roost.machine import hardware
         from roost.models import loading

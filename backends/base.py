@@ -198,6 +198,7 @@ class EngineInfo:
     n_gpu_layers: int = 0
     n_threads: int | None = None
     chat_template: str = "model"  # "model": the file's own; otherwise which fallback
+    reasoning: str | None = None  # the reasoning format the model writes ("think", "harmony"...); None: it does not reason
     build: str = ""  # the engine's own build summary
 
     def as_dict(self) -> dict:

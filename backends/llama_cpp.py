@@ -258,6 +258,7 @@ class LlamaCppEngine(TokenLoop):
             n_gpu_layers=self.plan.n_gpu_layers if self._offload else 0,
             n_threads=self._llm.n_threads,
             chat_template=self._prompt.origin,
+            reasoning=self._prompt.reasoning(),
             build=self._system + (f" | AMX path off (llama.cpp's extra buffer types): {self._amx_crash}"
                                   if self._amx_crash else ""),
         )

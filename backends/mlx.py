@@ -244,6 +244,7 @@ class MlxEngine(TokenLoop):
             n_ctx_train=self._n_ctx_train,
             n_gpu_layers=-1 if where != "CPU" else 0,
             chat_template=self._prompt.origin,
+            reasoning=self._prompt.reasoning(),
             build=f"mlx {mx.__version__} on {mx.default_device()}",
         )
 

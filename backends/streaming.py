@@ -52,6 +52,11 @@ class ChatPrompt:
             self._specials = [s for s in reasoning.SIGNS if len(self._tokenize(s)) == 1]
         return self._specials
 
+    def reasoning(self) -> str | None:
+        """The name of the reasoning format this model writes, None if it does not reason."""
+        fmt = reasoning.detect(self.template, self.specials())
+        return fmt and fmt.name
+
     def chat(self, messages: Sequence[Message], params: Params) -> Prompted:
         fmt = reasoning.detect(self.template, self.specials())
         control = reasoning.control(self.template, fmt, params.think, params.think_budget)

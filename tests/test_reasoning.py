@@ -78,9 +78,7 @@ def template(name: str) -> str:
 
 
 def tail(source: str, **variables) -> str:
-    # chat_template.render takes these variables once #20 wires --think through it.
-    return chat_template._compile(source).render(messages=HI, bos_token="<s>", eos_token="</s>",
-                                                 add_generation_prompt=True, **variables)
+    return chat_template.render(source, HI, bos_token="<s>", eos_token="</s>", variables=variables)
 
 
 def stream(name: str):

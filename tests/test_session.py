@@ -57,3 +57,24 @@ def test_saved_conversation_reloads_and_survives_a_torn_write(engine, tmp_path, 
     again = Session(engine, Params(temperature=0, max_tokens=30), messages=list(messages), saved=saved)
     list(again.send("And of Italy?"))
     assert len(saved.load()[1]) == 5
+
+
+def test_a_thought_is_saved_with_its_answer_and_kept_out_of_the_next_prompt():
+    from roost.history import Conversation
+    from test_reasoning import STREAMS, template
+    from test_thinking_loop import ScriptedModel
+
+    source, tokens, _ = STREAMS["qwen3"]
+    engine = ScriptedModel(template(source), tokens)
+    session = Session(engine, Params(), saved=Conversation.create("qwen3"))
+    done = list(session.send("Capital?"))[-1]
+    assert (done.text, done.reasoning) == ("Paris is the capital.", "The user asks for the capital.")
+    assert session.messages[-1] == {"role": "assistant", "content": "Paris is the capital."}
+    _, saved = Conversation(session.saved.path).load()
+    assert saved[-1] == {"role": "assistant", "content": "Paris is the capital.",
+                         "reasoning": "The user asks for the capital."}
+    # The next turn, on the reloaded conversation too, gives the model the answer alone.
+    again = Session(engine, Params(), messages=saved)
+    list(again.send("And Italy's?"))
+    prompt = "".join(engine.vocab[t] for t in engine.prompts[-1])
+    assert "Paris is the capital." in prompt and "asks for the capital" not in prompt

@@ -17,10 +17,18 @@ def stats_line(stats) -> str:
     # A server that gives no counts leaves the prompt's size unknown (0), not empty.
     prompt = (f"prompt {stats.prompt_tokens} tok ({stats.cached_tokens} cached) at {stats.prefill_tps:.1f} tok/s"
               if stats.prompt_tokens else "prompt size n/a")
+    generated = f"generated {stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s"
+    ttft = f"TTFT {stats.ttft_s:.3f} s"
+    if stats.reasoning_tokens:  # a reasoning model: its thought and its answer at their own rates
+        generated = f"thought {stats.reasoning_tokens} tok in {stats.reasoning_s:.1f} s ({stats.reasoning_tps:.1f} tok/s)"
+        if stats.answer_ttft_s is None:
+            generated += " · no answer"
+        else:
+            generated += f" · answer {stats.answer_tokens} tok at {stats.answer_tps:.1f} tok/s"
+            ttft += f" (answer {stats.answer_ttft_s:.3f} s)"
     line = (
-        f"{prompt}"
-        f" · generated {stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s"
-        f" · TTFT {stats.ttft_s:.3f} s · peak memory {size(stats.peak_rss_bytes) if stats.peak_rss_bytes else 'n/a'}"
+        f"{prompt} · {generated}"
+        f" · {ttft} · peak memory {size(stats.peak_rss_bytes) if stats.peak_rss_bytes else 'n/a'}"
         f" · context {stats.context_tokens}/{stats.n_ctx or '?'}"
     )
     if stats.stop_reason != "stop":
@@ -210,8 +218,9 @@ def _accuracy(correct: int, n: int, interval) -> str:
     return f"{correct / n:.0%} ({lo:.0%}–{hi:.0%})" if n else "n/a"
 
 
-def evaluation(results, changes, set_name: str) -> str:
-    """The models side by side, then what changed from the first one."""
+def evaluation(results, changes, set_name: str, items=()) -> str:
+    """The models side by side, then what changed from the first one, and how each
+    reasoning model was given room to think."""
     import textwrap
 
     n = len(results[0].answers)
@@ -227,17 +236,46 @@ def evaluation(results, changes, set_name: str) -> str:
         lines += textwrap.wrap(f"{c.model} vs {results[0].model}: " + "; ".join(parts), WIDTH,
                                subsequent_indent="  ", break_on_hyphens=False)
     lines.append("memory: the most held after any item (GPU memory where the model runs on one)")
+    for r in results:
+        if r.thinking:
+            lines += textwrap.wrap(thinking(r, items), WIDTH, subsequent_indent="  ", break_on_hyphens=False)
     return "\n".join(lines)
 
 
+def thinking(result, items=()) -> str:
+    """A reasoning model's room to think, and what it used: the answer alone was scored."""
+    t = result.thinking
+    sizes = {i.max_tokens for i in items}
+    if len(sizes) == 1:
+        answer = sizes.pop()
+        tokens = f"max_tokens {answer + t.added_tokens} ({answer} for the answer, "
+    else:
+        tokens = f"max_tokens each item's + {t.added_tokens} ("
+    if t.budget is None:
+        head = f"{result.model}: thinking off (--think off)"
+        tokens += f"{t.added_tokens} for a thought closed at once)"
+    else:
+        head = f"{result.model} thinks ({t.format}{f', --think {t.think}' if t.think else ''}): " \
+               f"budget {t.budget} tokens, then roost closes the thought"
+        tokens += f"{t.budget} for the thought, {t.added_tokens - t.budget} to close it)"
+    # A model that ends its turn inside the thought gave no answer: scored wrong, and said.
+    unanswered = sum(1 for a in result.answers if a.reasoning_tokens and not a.output.strip())
+    ended = f", {unanswered} of {len(result.answers)} ended inside it (no answer)" if unanswered else ""
+    return f"{head}; {tokens}; {result.reasoning_mean:,.0f} thinking tokens an item{ended}; answers scored alone"
+
+
 def answers(result, items) -> str:
-    """Every item's verdict and the first line of the answer, one line each."""
+    """Every item's verdict and the first line of the answer, one line each, with a
+    reasoning model's thinking tokens before it."""
     by_id = {i.id: i for i in items}
     width = max(len(a.id) for a in result.answers)
-    lines = [f"{result.model}:"]
+    thought = max(len(str(a.reasoning_tokens)) for a in result.answers)
+    lines = [f"{result.model}:" + (" (tok: thinking tokens before the answer)" if result.thinking else "")]
     for a in result.answers:
         said = " ".join(a.output.split()) or "(nothing)"
         head = f"  {'✓' if a.correct else '✗'} {a.id.ljust(width)}  "
+        if result.thinking:
+            head += f"{str(a.reasoning_tokens).rjust(thought)} tok  "
         if not a.correct:
             head += f"[wanted {by_id[a.id].wanted()}] "
         room = max(10, WIDTH - len(head))
@@ -251,7 +289,7 @@ def drift(model: str, d, diff) -> str:
     when = _when(was["when"]) if was.get("when") else "?"
     lines = [f"roost: warning: {model} drifted from its golden outputs "
              f"({len(d.changed)} answers changed; recorded {when} with {was.get('engine')} {was.get('version')} "
-             f"on {was.get('device')})"]
+             f"on {was.get('device')}" + _budget(was.get("thinking")) + ")"]
     for item_id, old, new in d.changed:
         lines.append(f"  {item_id}:")
         lines += [f"    {line[:1]} {line[1:]}" for line in diff(old, new)]
@@ -262,6 +300,13 @@ def drift(model: str, d, diff) -> str:
     if d.reworded:
         lines.append(f"  prompt changed since, not compared: {', '.join(d.reworded)} (--golden-update stores anew)")
     return "\n".join(lines)
+
+
+def _budget(thinking: dict | None) -> str:
+    """A golden record's thinking room (its answers alone were stored)."""
+    if not thinking:
+        return ""
+    return ", thinking off" if thinking.get("budget") is None else f", thinking budget {thinking['budget']}"
 
 
 def perplexity(results) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from roost.backends.base import REASONING
 from roost.cli.models import prepare
 from roost.cli.terminal import EXIT_INTERRUPTED, first_interrupt_cancels
 from roost.errors import UsageError
@@ -52,19 +53,22 @@ def cmd_run(args) -> int:
 
     cancel = Cancel()
     done: Done | None = None
+    shown = Shown(sys.stdout, sys.stderr, hide_thinking=args.hide_thinking)
     with first_interrupt_cancels(cancel):
         for event in session.send(prompt, cancel):
             if isinstance(event, Done):
                 done = event
             elif not args.json:
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
+                shown.token(event)
 
     if args.json:
         print(json.dumps(answer_dict(path, done, load_s, engine), indent=2))
     else:
+        shown.end_thought()
         sys.stdout.write("\n")
         sys.stdout.flush()
+    if unanswered(done.stats):
+        print(unanswered(done.stats), file=sys.stderr)
     if args.stats:
         print(report.stats_line(done.stats), file=sys.stderr)
     engine.close()
@@ -74,8 +78,60 @@ def cmd_run(args) -> int:
 def answer_dict(model: str, done, load_s: float, engine) -> dict:
     """roost run --json: the answer (a Done), what ran it and how fast; model is the path,
     or the server's URL and model."""
-    return {"model": model, "text": done.text, "stop_reason": done.stats.stop_reason, "load_s": round(load_s, 4),
-            "stats": done.stats.as_dict(), "memory": engine.memory().as_dict(), "engine": engine.info().as_dict()}
+    return {"model": model, "text": done.text, "reasoning": done.reasoning, "stop_reason": done.stats.stop_reason,
+            "load_s": round(load_s, 4), "stats": done.stats.as_dict(), "memory": engine.memory().as_dict(),
+            "engine": engine.info().as_dict()}
+
+
+DIM, PLAIN = "\x1b[2m", "\x1b[0m"
+
+
+class Shown:
+    """roost run's text as it streams: the answer on stdout; a reasoning model's thought on
+    stderr, dimmed, where a person is watching (stderr a terminal, no --hide-thinking).
+    Where stderr is not a terminal the thought goes nowhere: a script's stdout is the
+    answer and its log stays clean; --json carries the thought for a script that wants it."""
+
+    def __init__(self, out, err, hide_thinking: bool = False):
+        self.out, self.err = out, err
+        self.show_thought = not hide_thinking and err.isatty()
+        self.in_thought = False  # a shown thought whose line is not yet ended
+
+    def token(self, token) -> None:
+        if token.kind == REASONING:
+            if self.show_thought and token.text:
+                # Dimmed a piece at a time: a Ctrl-C between two never leaves the terminal dim.
+                self.err.write(f"{DIM}{token.text}{PLAIN}")
+                self.err.flush()
+                self.in_thought = not token.text.endswith("\n")
+            return
+        self.end_thought()
+        self.out.write(token.text)
+        self.out.flush()
+
+    def end_thought(self) -> None:
+        """End the thought's line, so that the answer (or a note) does not run on from it."""
+        if self.in_thought:
+            self.err.write("\n")
+            self.err.flush()
+            self.in_thought = False
+
+
+_STILL_THINKING = {
+    "length": "it reached the token limit; raise -n or set --think-budget",
+    "context": "the context was full; raise --ctx or set --think-budget",
+    "cancelled": "it was stopped",
+    "stop": "it ended its turn",
+}
+
+
+def unanswered(stats) -> str | None:
+    """One line for a reasoning model that gave no answer, only a thought: stdout is empty
+    then, and whoever reads it (the thought hidden or not) should know why."""
+    if not stats.reasoning_tokens or stats.answer_ttft_s is not None:
+        return None
+    return (f"roost: no answer: the model was still thinking ({stats.reasoning_tokens} tokens) when "
+            f"{_STILL_THINKING[stats.stop_reason]}")
 
 
 def sampled(args) -> dict:

@@ -77,7 +77,8 @@ def cmd_eval(args) -> int:
         raise UsageError("give one or more models: roost eval MODEL [MODEL ...] (or --history)")
     if args.ppl:
         set_only = [flag for flag, given in (("--set", args.set), ("--limit", args.limit), ("--answers", args.answers),
-                                             ("--golden", args.golden or args.golden_update)) if given]
+                                             ("--golden", args.golden or args.golden_update), ("--think", args.think),
+                                             ("--think-budget", args.think_budget is not None)) if given]
         if set_only:
             raise UsageError(f"{set_only[0]} goes with an eval set, not with --ppl")
         return _eval_perplexity(args)
@@ -147,7 +148,8 @@ def _eval_set(args) -> int:
                 run = evaluate.ModelResult(name, "?", "?", set_name, crashed=str(crash))
             else:
                 _progress(args, f"{name}: {len(items)} items…")
-                run = evaluate.run(engine, items, model=name, set_name=set_name, load_s=load_s, cancel=cancel)
+                run = evaluate.run(engine, items, model=name, set_name=set_name, load_s=load_s, think=args.think,
+                                   think_budget=args.think_budget, cancel=cancel)
             runs.append(run)
             if run.crashed:
                 _crashed(name, run.crashed)
@@ -171,7 +173,7 @@ def _eval_set(args) -> int:
         for run in finished:
             print(report.answers(run, items) + "\n")
     if finished:
-        print(report.evaluation(finished, changes, set_name))
+        print(report.evaluation(finished, changes, set_name, items))
     for run in runs:
         if run.crashed:
             print(f"{run.model}: left out: {run.crashed}")

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from roost.measure.evaluate import ModelResult
 
@@ -62,6 +62,7 @@ def record(model_id: str, result: ModelResult, items, info) -> str:
     path = file_for(model_id, result)
     data = {"model": model_id, "engine": result.engine, "version": info.version, "device": result.device,
             "build": info.build, "set": result.set, "when": time.time(),
+            "thinking": result.thinking and asdict(result.thinking),  # the answers alone are stored
             "outputs": {a.id: a.output for a in result.answers},
             "prompts": {i.id: _prompt(i) for i in items}}
     write_json(path, data)
@@ -97,7 +98,7 @@ def compare(golden: dict, result: ModelResult, items) -> Drift:
     reworded = [i.id for i in items if i.id in outputs and prompts.get(i.id, _prompt(i)) != _prompt(i)]
     changed = [(i, outputs[i], text) for i, text in now.items()
                if i in outputs and i not in reworded and outputs[i] != text]
-    return Drift({k: golden.get(k) for k in ("engine", "version", "device", "when")}, changed,
+    return Drift({k: golden.get(k) for k in ("engine", "version", "device", "when", "thinking")}, changed,
                  [i for i in outputs if i not in now], [i for i in now if i not in outputs], reworded)
 
 

@@ -45,7 +45,7 @@ HISTORY_HELP = "show the earlier results kept on this machine instead, matching 
 THINK_HELP = ("a reasoning model's thinking: on, off, or an effort (low, medium, high) for a model that takes one "
               "(gpt-oss) (default: the model's own)")
 THINK_BUDGET_HELP = ("at most N tokens of thinking: then roost closes the thought and the model answers "
-                     "(default: no limit)")
+                     "(default: {})")
 REMOTE_HELP = ("use a model served elsewhere over the OpenAI API (roost serve, llama-server, vLLM, Ollama), "
                "e.g. http://127.0.0.1:8080 (default: a model on this machine)")
 
@@ -141,11 +141,11 @@ def _budget(text: str) -> int:
     return value
 
 
-def _thinking_options(command) -> None:
+def _thinking_options(command, budget: str = "no limit") -> None:
     from roost.backends.reasoning import THINK_SETTINGS
 
     command.add_argument("--think", choices=THINK_SETTINGS, help=THINK_HELP)
-    command.add_argument("--think-budget", type=_budget, metavar="N", help=THINK_BUDGET_HELP)
+    command.add_argument("--think-budget", type=_budget, metavar="N", help=THINK_BUDGET_HELP.format(budget))
 
 
 def _remote_options(command) -> None:
@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: off)")
     golden.add_argument("--golden-update", action="store_true",
                         help="store each model's answers as golden anew (default: off)")
-    _thinking_options(evaluate)
+    # evaluate.DEFAULT_THINK_BUDGET, not imported: it would load the eval set's module for every command.
+    _thinking_options(evaluate, budget="512 for a model that thinks, added to each item's max_tokens")
     _ctx_option(evaluate, more=f"; with --ppl, tokens per chunk (default: {PPL_CTX})")
     _local_engine_options(evaluate)
     _api_key_option(evaluate)

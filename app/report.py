@@ -255,13 +255,13 @@ def thinking(result, items=()) -> str:
         head = f"{result.model}: thinking off (--think off)"
         tokens += f"{t.added_tokens} for a thought closed at once)"
     else:
-        head = f"{result.model} thinks ({t.format}{f', --think {t.think}' if t.think else ''}): " \
+        head = f"{result.model} thinks ({t.format} format{f', --think {t.think}' if t.think else ''}): " \
                f"budget {t.budget} tokens, then roost closes the thought"
         tokens += f"{t.budget} for the thought, {t.added_tokens - t.budget} to close it)"
     # A model that ends its turn inside the thought gave no answer: scored wrong, and said.
     unanswered = sum(1 for a in result.answers if a.reasoning_tokens and not a.output.strip())
     ended = f", {unanswered} of {len(result.answers)} ended inside it (no answer)" if unanswered else ""
-    return f"{head}; {tokens}; {result.reasoning_mean:,.0f} thinking tokens an item{ended}; answers scored alone"
+    return f"{head}; {tokens}; {result.reasoning_mean:,.0f} thinking tokens an item{ended}; only the answer is scored"
 
 
 def answers(result, items) -> str:

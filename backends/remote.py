@@ -3,8 +3,12 @@ llama-server, vLLM, Ollama.
 
 The server's own numbers are used where it gives them: a roost server sends every
 Stats field and its memory readings, llama-server its `timings`. Elsewhere prefill and
-decode are timed here, at the chunk, and so include the network. Time to first token is
-always the one seen here: it is what the person waiting sees.
+decode are timed here, at the chunk, and so include the network. Time to first token, and
+to the answer's first, is always the one seen here: it is what the person waiting sees.
+
+A reasoning model's thought comes as `reasoning_content` (llama-server, DeepSeek, roost)
+or `reasoning` (vLLM, OpenRouter) beside the answer's `content`: the server has told them
+apart, and the stream says which each piece is, as a local engine's does.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from roost.backends.base import Cancel, Done, EngineInfo, Event, MemoryReading, Message, Params, Stats
+from roost.backends.base import (ANSWER, REASONING, Cancel, Done, EngineInfo, Event, MemoryReading, Message,
+                                 Params, Stats)
 from roost.backends.streaming import Clock
 from roost.errors import ContextOverflow, RemoteError, UsageError
 
@@ -76,12 +81,12 @@ class RemoteEngine:
     # -- generation ---------------------------------------------------------------------
 
     def stream(self, messages: Sequence[Message], params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
-        body = {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
-        return self._generate("/v1/chat/completions", body, params, cancel,
-                              lambda choice: (choice.get("delta") or {}).get("content"))
+        body = {"messages": [{"role": m["role"], "content": m["content"]} for m in messages], **_thinking(params)}
+        return self._generate("/v1/chat/completions", body, params, cancel, _delta_pieces)
 
     def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
-        return self._generate("/v1/completions", {"prompt": prompt}, params, cancel, lambda choice: choice.get("text"))
+        return self._generate("/v1/completions", {"prompt": prompt}, params, cancel,
+                              lambda choice: [(ANSWER, choice.get("text") or "")])
 
     def _sampling(self, params: Params) -> dict:
         body = {"temperature": params.temperature, "top_p": params.top_p}
@@ -96,12 +101,13 @@ class RemoteEngine:
         return body
 
     def _generate(self, path: str, body: dict, params: Params, cancel: Cancel | None,
-                  piece_of: Callable[[dict], str | None]) -> Iterator[Event]:
+                  pieces_of: Callable[[dict], list[tuple[str, str]]]) -> Iterator[Event]:
         cancel = cancel or Cancel()
         body = {"model": self.model, **body, **self._sampling(params), "stream": True,
                 "stream_options": {"include_usage": True}}
         clock = Clock()
-        text: list[str] = []
+        texts: dict[str, list[str]] = {ANSWER: [], REASONING: []}
+        pieces = 0
         prompt_tokens = 0
         end: dict = {}  # what the last chunks say: finish_reason, usage, timings, roost
         try:
@@ -124,40 +130,50 @@ class RemoteEngine:
                                 end[key] = chunk[key]
                         for choice in chunk.get("choices") or []:
                             end["finish_reason"] = choice.get("finish_reason") or end.get("finish_reason")
-                            piece = piece_of(choice)
-                            if piece:
-                                clock.token()
-                                text.append(piece)
-                                yield clock.stamp(piece, len(text), prompt_tokens)
+                            for kind, piece in pieces_of(choice):
+                                if piece:
+                                    clock.token()
+                                    pieces += 1
+                                    texts[kind].append(piece)
+                                    yield clock.stamp(piece, pieces, prompt_tokens, kind)
                 finally:
                     take_back()
         except (httpx2.HTTPError, ValueError) as e:
             if not cancel.is_set():
                 raise RemoteError(f"the connection to {self.url} broke mid-answer ({_reason(e)})") from None
-        answer = "".join(text)
-        yield Done(answer, self._stats(end, clock, len(text), prompt_tokens, cancel.is_set()))
+        # A chunk is a token near enough, where the server does not count them itself.
+        counted = {"pieces": pieces, "thought": len(texts[REASONING])}
+        yield Done("".join(texts[ANSWER]), self._stats(end, clock, counted, prompt_tokens, cancel.is_set()),
+                   "".join(texts[REASONING]))
 
-    def _stats(self, end: dict, clock: Clock, pieces: int, prompt_tokens: int, cancelled: bool) -> Stats:
+    def _stats(self, end: dict, clock: Clock, counted: dict, prompt_tokens: int, cancelled: bool) -> Stats:
         seen = clock.durations()  # here, at the chunk: the network included
         ttft = seen["ttft_s"]
+        answered = seen["answer_ttft_s"]
         if cancelled:
-            return Stats(prompt_tokens, 0, pieces, ttft, seen["decode_s"], ttft, "cancelled", self._n_ctx(), None)
+            return Stats(prompt_tokens, 0, counted["pieces"], ttft, seen["decode_s"], ttft, "cancelled",
+                         self._n_ctx(), None, reasoning_tokens=counted["thought"], answer_ttft_s=answered)
         if "roost" in end and "stop_reason" in end["roost"]:
             server = Stats.from_dict(end["roost"])
-            return replace(server, ttft_s=max(ttft, server.prefill_s))
+            ttft = max(ttft, server.prefill_s)
+            return replace(server, ttft_s=ttft, answer_ttft_s=None if answered is None else max(answered, ttft))
         usage = end.get("usage") or {}
         timing = end.get("timings") or {}
         cached = timing.get("cache_n", (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        thought = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
         return Stats(
             prompt_tokens=usage.get("prompt_tokens", timing.get("prompt_n", 0) + cached),
             cached_tokens=cached,
-            generated_tokens=usage.get("completion_tokens", timing.get("predicted_n", pieces)),
+            generated_tokens=usage.get("completion_tokens", timing.get("predicted_n", counted["pieces"])),
             prefill_s=timing["prompt_ms"] / 1000 if "prompt_ms" in timing else ttft,
             decode_s=timing["predicted_ms"] / 1000 if "predicted_ms" in timing else seen["decode_s"],
             ttft_s=ttft,
             stop_reason="length" if end.get("finish_reason") == "length" else "stop",
             n_ctx=self._n_ctx(),
             peak_rss_bytes=None,
+            # A server that counts no thought (or says 0 while it sent one) is counted here.
+            reasoning_tokens=thought or counted["thought"],
+            answer_ttft_s=answered,
         )
 
     # -- readings -----------------------------------------------------------------------
@@ -189,6 +205,32 @@ class RemoteEngine:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _thinking(params: Params) -> dict:
+    """--think and --think-budget as the fields llama-server takes (and roost serve, the
+    same): an effort as OpenAI's reasoning_effort, on or off as the template variable
+    Qwen3's and others' read, more template variables beside it, the budget as
+    llama-server's thinking_budget_tokens. Nothing where nothing is asked: a server that
+    does not know these fields never sees them."""
+    body: dict = {}
+    variables = dict(params.template_vars)
+    if params.think in ("on", "off"):
+        variables["enable_thinking"] = params.think == "on"
+    elif params.think is not None:
+        body["reasoning_effort"] = params.think
+    if variables:
+        body["chat_template_kwargs"] = variables
+    if params.think_budget is not None:
+        body["thinking_budget_tokens"] = params.think_budget
+    return body
+
+
+def _delta_pieces(choice: dict) -> list[tuple[str, str]]:
+    """A chat chunk's thought and answer, in the order the model wrote them."""
+    delta = choice.get("delta") or {}
+    pieces = [(REASONING, delta.get("reasoning_content") or delta.get("reasoning")), (ANSWER, delta.get("content"))]
+    return [(kind, text) for kind, text in pieces if isinstance(text, str)]
 
 
 def _hang_up(response) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from roost.cli.models import prepare
-from roost.cli.run import api_key_of
+from roost.cli.run import api_key_of, thinking
 from roost.cli.terminal import EXIT_INTERRUPTED
 
 
@@ -23,7 +23,7 @@ def cmd_serve(args) -> int:
     given = args.model
     model_id = args.name or (os.path.basename(os.path.normpath(given)).removesuffix(".gguf")
                              if os.path.exists(given) else given)
-    app = server.Server(engine, model_id, api_key=api_key, queue=args.queue)
+    app = server.Server(engine, model_id, api_key=api_key, queue=args.queue, **thinking(args))
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:

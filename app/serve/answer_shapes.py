@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from roost.backends.base import Done
+from roost.backends.base import ANSWER, Done
 from roost.errors import ContextOverflow, EngineCrashed, RoostError, TemplateError, UsageError
 from roost.serve import openai_api
 from roost.serve.openai_api import ApiError
@@ -25,7 +25,8 @@ def api_error(error: RoostError) -> ApiError:
 
 
 class ChatShape:
-    """/v1/chat/completions: a message, or chunks of deltas."""
+    """/v1/chat/completions: a message, or chunks of deltas; a thought as
+    `reasoning_content` beside the answer's `content`."""
 
     def __init__(self, model_id: str):
         self.head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
@@ -36,8 +37,9 @@ class ChatShape:
     def opening(self) -> dict:
         return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
 
-    def piece(self, text: str) -> dict:
-        return self._chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+    def piece(self, text: str, kind: str = ANSWER) -> dict:
+        field = "content" if kind == ANSWER else "reasoning_content"
+        return self._chunk([{"index": 0, "delta": {field: text}, "finish_reason": None}])
 
     def closing(self, stats) -> dict:
         return self._chunk([{"index": 0, "delta": {}, "finish_reason": openai_api.finish_reason(stats)}],
@@ -47,8 +49,11 @@ class ChatShape:
         return self._chunk([], usage=openai_api.usage(stats))
 
     def whole(self, done: Done) -> dict:
+        message = {"role": "assistant", "content": done.text}
+        if done.reasoning:
+            message["reasoning_content"] = done.reasoning
         return {**self.head, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                "choices": [{"index": 0, "message": message,
                              "finish_reason": openai_api.finish_reason(done.stats)}],
                 "usage": openai_api.usage(done.stats), **openai_api.finished(done.stats)}
 
@@ -66,7 +71,8 @@ class CompletionShape:
     def opening(self) -> dict:
         return {**self.head, "choices": self._choice("", None)}
 
-    def piece(self, text: str) -> dict:
+    def piece(self, text: str, kind: str = ANSWER) -> dict:
+        # Raw text is never split (the engines' complete()): every piece is text.
         return {**self.head, "choices": self._choice(text, None)}
 
     def closing(self, stats) -> dict:

@@ -4,20 +4,31 @@ roost's events and stats written as OpenAI's responses and stream chunks.
 Beyond OpenAI's fields, every finished answer carries `timings` (llama-server's names,
 which other clients already read) and `roost` (every Stats field), so a client sees the
 engine's own prefill and decode speeds rather than ones distorted by the network.
+
+A reasoning model's thought goes as `reasoning_content`, beside `content` (the answer
+alone), as llama-server and DeepSeek's API send it and Open WebUI and LibreChat read it;
+the thinking controls are the fields llama-server takes: `reasoning_effort`,
+`chat_template_kwargs` and `thinking_budget_tokens`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from roost import sampling
 from roost.backends.base import Message, Params, Stats
+from roost.backends.reasoning import EFFORTS
 
 ROLES = {"system", "user", "assistant", "developer"}
 FINISH = {"stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
 MAX_STOPS = 16
+# OpenAI's reasoning_effort, as --think says it: "none" switches thinking off (as with
+# llama-server), "minimal" is the least roost has. An effort reaches the chat template as
+# its `reasoning_effort` variable, as llama-server gives it: a template with effort levels
+# (gpt-oss) reads it, one without (Qwen3) thinks as it would have.
+EFFORT_OF = {"none": None, "minimal": "low", **{e: e for e in EFFORTS}}
 
 
 class ApiError(Exception):
@@ -53,14 +64,17 @@ def parse_body(raw: bytes) -> dict:
     return body
 
 
-def chat_request(body: dict, model_id: str, limit: int) -> Request:
-    """limit: the most tokens the model can hold (what it was trained on, or the context)."""
+def chat_request(body: dict, model_id: str, limit: int, think: str | None = None,
+                 think_budget: int | None = None) -> Request:
+    """limit: the most tokens the model can hold (what it was trained on, or the context).
+    think, think_budget: the server's own (roost serve --think, --think-budget), for a
+    request that does not say."""
     _check_model(body, model_id)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' is required: a non-empty list of {role, content}", param="messages")
-    return Request([_message(m, i) for i, m in enumerate(messages)], None, _params(body, limit),
-                   *_streaming(body))
+    params = replace(_params(body, limit), **_thinking(body, think, think_budget))
+    return Request([_message(m, i) for i, m in enumerate(messages)], None, params, *_streaming(body))
 
 
 def completion_request(body: dict, model_id: str, limit: int) -> Request:
@@ -125,6 +139,37 @@ def _params(body: dict, limit: int) -> Params:
                   **{s.name: _number(body, s.name, s.kind, s.low, s.high, s.default) for s in sampling.SETTINGS})
 
 
+def _thinking(body: dict, think: str | None, budget: int | None) -> dict:
+    """The request's thinking controls as Params fields; where it says nothing, the server's.
+    Every chat_template_kwargs variable reaches the template, as with llama-server; its
+    enable_thinking is also --think on or off, which works on templates without it too (an
+    R1 distill's thought is closed as soon as it opens)."""
+    variables = body.get("chat_template_kwargs") or {}
+    if not isinstance(variables, dict):
+        raise ApiError(400, "chat_template_kwargs must be an object of template variables, "
+                            'e.g. {"enable_thinking": false}', param="chat_template_kwargs")
+    enable, effort = variables.get("enable_thinking"), body.get("reasoning_effort")
+    if enable is not None and not isinstance(enable, bool):
+        raise ApiError(400, f"chat_template_kwargs.enable_thinking must be true or false, not {enable!r}",
+                       param="chat_template_kwargs")
+    if effort is not None and effort not in EFFORT_OF:
+        raise ApiError(400, f"reasoning_effort must be one of {', '.join(EFFORT_OF)}, not {effort!r}",
+                       param="reasoning_effort")
+    if enable is not None and effort is not None and enable != (effort != "none"):
+        raise ApiError(400, f"reasoning_effort {effort!r} and chat_template_kwargs.enable_thinking "
+                            f"{str(enable).lower()} disagree: send one of them", param="reasoning_effort")
+    if effort == "none" or enable is False:
+        think = "off"
+    elif effort is not None:
+        think = None  # the effort goes as the template's variable, which --think's own would override
+        variables = {**variables, "reasoning_effort": EFFORT_OF[effort]}
+    elif enable:
+        think = "on"
+    if body.get("thinking_budget_tokens") is not None:
+        budget = _number(body, "thinking_budget_tokens", int, 0, None)
+    return {"think": think, "think_budget": budget, "template_vars": tuple(variables.items())}
+
+
 def _number(body: dict, name: str, kind: type, low, high, default=None):
     value = body.get(name)
     if value is None:
@@ -149,7 +194,8 @@ def _streaming(body: dict) -> tuple[bool, bool]:
 
 def usage(stats: Stats) -> dict:
     return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
-            "total_tokens": stats.context_tokens, "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}
+            "total_tokens": stats.context_tokens, "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": stats.reasoning_tokens}}
 
 
 def timings(stats: Stats) -> dict:

@@ -42,8 +42,11 @@ log = logging.getLogger("roost.serve")
 class Server:
     """The routes, over one engine."""
 
-    def __init__(self, engine: Engine, model_id: str, *, api_key: str | None = None, queue: int = DEFAULT_QUEUE):
+    def __init__(self, engine: Engine, model_id: str, *, api_key: str | None = None, queue: int = DEFAULT_QUEUE,
+                 think: str | None = None, think_budget: int | None = None):
+        """think, think_budget: for a reasoning model, what a request that does not say gets."""
         self.model_id, self.api_key = model_id, api_key
+        self.think, self.think_budget = think, think_budget
         self.slot = EngineSlot(engine, queue)
         self.limit = max(self.slot.info.n_ctx, self.slot.info.n_ctx_train or 0)
         guarded = self._guarded
@@ -143,7 +146,8 @@ class Server:
         })
 
     async def chat(self, request: Request):
-        req = openai_api.chat_request(await self._body(request), self.model_id, self.limit)
+        req = openai_api.chat_request(await self._body(request), self.model_id, self.limit, self.think,
+                                      self.think_budget)
         return await self._answer(request, req,
                                   lambda cancel: self.slot.engine.stream(req.messages, req.params, cancel),
                                   ChatShape(self.model_id))
@@ -187,7 +191,7 @@ class Server:
                     yield openai_api.sse(shape.usage(event.stats))
                 yield openai_api.sse("[DONE]")
                 return
-            yield openai_api.sse(shape.piece(event.text))
+            yield openai_api.sse(shape.piece(event.text, event.kind))
             try:
                 event = await anext(events)
             except RoostError as e:  # after the status line: OpenAI's way is an error event

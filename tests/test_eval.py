@@ -1,5 +1,6 @@
 """`roost eval` with the real demo model: eval sets and their checks, accuracy across
-engines, perplexity and KL divergence against a quant made here, golden-output drift."""
+engines, perplexity and KL divergence against a quant made here, golden-output drift, and
+a reasoning model scored on its answer after a thought it is given room for."""
 
 import json
 import math
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, crash_in, one_line, roost, served
+from roost import report
 from roost.measure import eval_set, evaluate, perplexity
 from roost.backends import load
 from roost.backends.base import Plan
@@ -155,6 +157,88 @@ def test_eval_mistakes_get_one_line(tmp_path, demo_gguf, roost_here):
     one_line(roost_here("eval", "--ppl", str(short), "demo"), "too short to score")
     empty = roost_here("eval", "--history")
     assert empty.returncode == 0 and "no evaluations yet" in empty.stdout
+
+
+# -- reasoning models ----------------------------------------------------------------------
+# The thinking demo model (conftest.py) never closes its thought itself: left alone it ends
+# its turn inside it, and a budget is what brings it to an answer.
+
+
+def test_a_reasoning_model_gets_room_to_think_and_only_its_answer_is_scored(thinking_gguf, demo_gguf):
+    items = eval_set.parse('{"id": "sum", "prompt": "What is 7 + 5?", "regex": "12", "max_tokens": 8}', "t.jsonl")
+    engine = load(thinking_gguf, Plan(n_ctx=1024))
+    try:
+        own = evaluate.run(engine, items, model="think", set_name="built-in", load_s=None)
+        budget = evaluate.run(engine, items, model="think", set_name="built-in", load_s=None, think_budget=4)
+        off = evaluate.run(engine, items, model="think", set_name="built-in", load_s=None, think="off")
+    finally:
+        engine.close()
+    assert own.thinking == evaluate.Thinking("think", None, evaluate.DEFAULT_THINK_BUDGET,
+                                             evaluate.DEFAULT_THINK_BUDGET + evaluate.CLOSE_ROOM)
+    (a,) = own.answers  # it thought and never answered: the thought is not taken for an answer
+    assert a.reasoning_tokens > 0 and a.output == "" and not a.correct and a.stop_reason == "stop"
+
+    (b,) = budget.answers  # four tokens of thought, its closing tag, then the answer that is scored
+    assert budget.thinking.budget == 4 and budget.thinking.added_tokens == 4 + evaluate.CLOSE_ROOM
+    assert 4 < b.reasoning_tokens <= 4 + evaluate.CLOSE_ROOM
+    assert b.reasoning_tokens < b.generated <= 8 + budget.thinking.added_tokens
+    assert b.output.strip() and "think>" not in b.output and b.correct == items[0].check(b.output)
+    assert budget.as_dict()["reasoning_tokens"] == b.reasoning_tokens == budget.as_dict()["answers"][0]["reasoning_tokens"]
+
+    (c,) = off.answers  # the template closes the thought in the prompt: all of it is answer
+    assert off.thinking.think == "off" and off.thinking.budget is None and c.reasoning_tokens == 0 and c.output
+
+    table = report.evaluation([own, budget], [], "built-in", items)
+    assert "think thinks (think format): budget 512 tokens" in table
+    assert "max_tokens 536 (8 for the answer, 512 for the thought, 16 to close it)" in table
+    assert "1 of 1 ended inside it (no answer)" in table and "budget 4 tokens" in table
+    assert "thinking off" in report.evaluation([off], [], "built-in", items)
+    assert f"sum  {b.reasoning_tokens} tok  " in report.answers(budget, items)
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+
+    # A model that does not reason runs and reads as it always did.
+    demo = load(demo_gguf, Plan(n_ctx=1024))
+    try:
+        plain = evaluate.run(demo, items, model="demo", set_name="built-in", load_s=None, think_budget=4)
+    finally:
+        demo.close()
+    (d,) = plain.answers
+    assert plain.thinking is None and d.reasoning_tokens == 0 and plain.as_dict()["thinking"] is None
+    assert "think" not in report.evaluation([plain], [], "built-in", items)
+    listed = report.answers(plain, items).splitlines()
+    assert listed[0] == "demo:" and " tok  " not in listed[1]
+
+
+@pytest.mark.slow
+def test_eval_of_a_reasoning_model_states_its_budget_and_keeps_thoughts_out_of_golden_outputs(thinking_gguf):
+    out = run_json(thinking_gguf, "--limit", "3", "--think-budget", "4", "--golden")
+    (model,) = out["models"]
+    assert model["thinking"] == {"format": "think", "think": None, "budget": 4, "added_tokens": 20}
+    for a in model["answers"]:  # a thought of four tokens and its closing tag, then an answer
+        assert 4 < a["reasoning_tokens"] <= 20 and a["reasoning_tokens"] < a["generated"] <= 48 + 20
+        assert a["output"].strip() and "think>" not in a["output"]
+        assert set(a) == {"id", "output", "correct", "generated", "stop_reason", "reasoning_tokens"}
+    assert model["reasoning_tokens"] == sum(a["reasoning_tokens"] for a in model["answers"])
+    kept = run_json("--history")["eval"][-1]
+    assert kept["thinking"]["budget"] == 4 and kept["reasoning_mean"] == model["reasoning_mean"]
+
+    with open(model["golden"]["stored"], encoding="utf-8") as f:
+        golden = json.load(f)
+    assert golden["outputs"] == {a["id"]: a["output"] for a in model["answers"]}  # answers, never thoughts
+    assert golden["thinking"]["budget"] == 4
+    golden["outputs"]["arith-01"] = "An answer from another build."
+    with open(model["golden"]["stored"], "w", encoding="utf-8") as f:
+        json.dump(golden, f)
+
+    result = roost("eval", thinking_gguf, "--limit", "3", "--think-budget", "4", "--golden", "--answers")
+    assert result.returncode == 0, result.stderr
+    assert "1 answers changed;" in result.stderr and "thinking budget 4)" in result.stderr
+    assert "arith-01:" in result.stderr and "arith-02:" not in result.stderr  # the same thoughts, the same answers
+    assert "SmolLM2-think.gguf thinks (think format): budget 4 tokens" in result.stdout
+    assert "max_tokens 68 (48 for the answer, 4 for the thought, 16 to close it)" in result.stdout
+    for a in model["answers"]:
+        assert f"{a['id']}  {a['reasoning_tokens']} tok  " in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
 
 
 # -- perplexity and KL divergence ----------------------------------------------------------

@@ -227,3 +227,17 @@ def test_the_remote_engine_reads_another_servers_reasoning_and_sends_it_the_cont
     assert "chat_template_kwargs" not in effort
     assert off["chat_template_kwargs"] == {"style": "terse", "enable_thinking": False} and "reasoning_effort" not in off
     assert not {"reasoning_effort", "chat_template_kwargs", "thinking_budget_tokens"} & set(plain)
+
+
+@pytest.mark.slow
+def test_roost_serve_think_flags_are_the_servers_defaults(thinking_gguf):
+    from test_serve import Serve
+
+    server = Serve(thinking_gguf, "--port", "0", "--ctx", "512", "--think-budget", "16")
+    try:
+        budgeted = post(server.url, {**ASK, "model": "SmolLM2-think"}).json()
+    finally:
+        code, err = server.stop()
+    assert code == 130 and "Traceback" not in err
+    assert within_budget(budgeted["usage"]["completion_tokens_details"]["reasoning_tokens"], 16)
+    assert budgeted["choices"][0]["message"]["content"].strip()

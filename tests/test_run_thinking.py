@@ -66,21 +66,30 @@ def test_on_a_terminal_the_thought_is_dimmed_on_stderr(thinking_gguf, budgeted, 
     assert hidden.returncode == 0 and hidden.stdout == shown.stdout and hidden.stderr == ""
 
 
-def test_a_thought_ends_its_line_before_the_answer():
+def on_a_terminal(*tokens: tuple[str, str]) -> tuple[str, str]:
+    """What Shown writes to stdout and to a stderr that is a terminal, given (kind, text)s."""
     out, err = io.StringIO(), io.StringIO()
     err.isatty = lambda: True
     shown = Shown(out, err)
-    for kind, text in ((REASONING, "Paris is"), (REASONING, " the capital."), (ANSWER, "Paris"), (ANSWER, ".")):
+    for kind, text in tokens:
         shown.token(Token(text, kind=kind))
-    assert out.getvalue() == "Paris."
-    assert err.getvalue() == f"{DIM}Paris is{PLAIN}{DIM} the capital.{PLAIN}\n"
+    shown.end_thought()
+    return out.getvalue(), err.getvalue()
 
-    out, err = io.StringIO(), io.StringIO()
-    err.isatty = lambda: True
-    shown = Shown(out, err)
-    for kind, text in ((REASONING, "Done.\n"), (ANSWER, "Paris.")):  # its line ended already
-        shown.token(Token(text, kind=kind))
-    assert err.getvalue() == f"{DIM}Done.\n{PLAIN}" and out.getvalue() == "Paris."
+
+def test_thought_and_answer_each_start_on_a_line_of_their_own():
+    out, err = on_a_terminal((REASONING, "Paris is"), (REASONING, " the capital."), (ANSWER, "Paris"), (ANSWER, "."))
+    assert out == "Paris." and err == f"{DIM}Paris is{PLAIN}{DIM} the capital.{PLAIN}\n"
+
+    out, err = on_a_terminal((REASONING, "Done.\n"), (ANSWER, "Paris."))  # its line ended already
+    assert out == "Paris." and err == f"{DIM}Done.\n{PLAIN}"
+
+    # A model that thinks again inside its answer: the lines are ended on stderr, never stdout.
+    out, err = on_a_terminal((REASONING, "Hm."), (ANSWER, "Paris"), (REASONING, "Sure?"), (ANSWER, "Yes."))
+    assert out == "ParisYes." and err == f"{DIM}Hm.{PLAIN}\n\n{DIM}Sure?{PLAIN}\n"
+
+    out, err = on_a_terminal((REASONING, "Still think"))  # cut inside the thought
+    assert out == "" and err == f"{DIM}Still think{PLAIN}\n"
 
 
 def test_think_off_gives_no_thought(thinking_gguf, roost_here):

@@ -95,26 +95,34 @@ class Shown:
     def __init__(self, out, err, hide_thinking: bool = False):
         self.out, self.err = out, err
         self.show_thought = not hide_thinking and err.isatty()
-        self.in_thought = False  # a shown thought whose line is not yet ended
+        self.open_line = None  # REASONING or ANSWER: which one's last line is not yet ended
 
     def token(self, token) -> None:
-        if token.kind == REASONING:
-            if self.show_thought and token.text:
-                # Dimmed a piece at a time: a Ctrl-C between two never leaves the terminal dim.
-                self.err.write(f"{DIM}{token.text}{PLAIN}")
-                self.err.flush()
-                self.in_thought = not token.text.endswith("\n")
+        thought = token.kind == REASONING
+        if not token.text or thought and not self.show_thought:
             return
-        self.end_thought()
-        self.out.write(token.text)
-        self.out.flush()
+        if self.open_line not in (None, token.kind):
+            # Thought and answer on lines of their own (a model may think again after it
+            # has begun its answer): the newline goes to stderr, so stdout is the answer alone.
+            self.end_line()
+        if thought:  # dimmed a piece at a time: a Ctrl-C between two never leaves the terminal dim
+            self.err.write(f"{DIM}{token.text}{PLAIN}")
+            self.err.flush()
+        else:
+            self.out.write(token.text)
+            self.out.flush()
+        self.open_line = None if token.text.endswith("\n") else token.kind
 
     def end_thought(self) -> None:
-        """End the thought's line, so that the answer (or a note) does not run on from it."""
-        if self.in_thought:
-            self.err.write("\n")
-            self.err.flush()
-            self.in_thought = False
+        """At the end: a thought's open line is ended, so that what follows does not run on
+        from it (the answer's is roost run's to end, on stdout)."""
+        if self.open_line == REASONING:
+            self.end_line()
+
+    def end_line(self) -> None:
+        self.err.write("\n")
+        self.err.flush()
+        self.open_line = None
 
 
 _STILL_THINKING = {

@@ -1,6 +1,7 @@
 """The chat screen driven by Pilot, with the real SmolLM2 model and llama.cpp (what the
 screen does whatever the answer says runs on a recorded one: tests/replay.py)."""
 
+import json
 import os
 import signal
 
@@ -9,13 +10,16 @@ import pytest
 
 from conftest import crash_in
 from pilot import ask, ask_and_wait, chat, drive, notes, until
-from replay import ReplayEngine
+from replay import THINKING, THINKING_QUESTION, ReplayEngine
+from textual.color import Color
+from textual.widgets._footer import FooterKey
 from roost import history
 from roost.backends import load
 from roost.backends.base import Params, Plan
 from roost.tui.app import RoostApp
 from roost.tui.screens.chat import ChatScreen
 from roost.tui.widgets.status import StatusBar
+from roost.tui.widgets.thought import Thought
 
 
 def status_text(screen) -> str:
@@ -187,3 +191,132 @@ def test_roost_chat_runs_the_engine_in_a_process_of_its_own(demo_gguf, monkeypat
         assert engine.pid in [p.pid for p in psutil.Process().children()] and engine.info().n_ctx == 512
     finally:
         engine.close()
+
+
+# -- a reasoning model's thought ---------------------------------------------------------
+# A recorded stream of the demo model made a reasoning one (tests/replay.py, THINKING): 14
+# tokens of thought, closed by a budget, then the answer.
+
+def thinking_replay(pause_after=None) -> ReplayEngine:
+    return ReplayEngine(THINKING, pause_after=pause_after, gap_s=0)
+
+
+RECORDED_THOUGHT = thinking_replay().recorded["events"]
+FIRST_ANSWER = next(i for i, e in enumerate(RECORDED_THOUGHT) if e.get("token", {}).get("kind") == "answer")
+
+
+def tokens(kind, upto) -> str:
+    return "".join(e["token"]["text"] for e in RECORDED_THOUGHT[:upto] if e["token"]["kind"] == kind)
+
+
+def footer_keys(screen) -> list[str]:
+    return [key.description for key in screen.query(FooterKey)]
+
+
+def test_a_thought_streams_dimmed_then_folds_to_its_counts_when_the_answer_starts():
+    engine = thinking_replay(pause_after=(5, FIRST_ANSWER + 3))
+
+    async def scenario(app, screen, pilot):
+        await until(pilot, lambda: "Thought" in footer_keys(screen))  # the model reasons: Ctrl+T is offered
+        await ask(screen, pilot, THINKING_QUESTION)
+        thought, answer = screen.query_one(Thought), screen.query(".assistant").last()
+        # Drawn in batches: the first token at once, more as more come.
+        await until(pilot, lambda: engine.held == 1 and thought.text)
+        assert tokens("reasoning", 5).startswith(thought.text)
+        assert thought.display and not thought.over and str(thought.render()) == thought.text
+        shade = lambda widget: Color.from_rich_color(widget.rich_style.color).brightness  # as drawn
+        assert shade(thought) < shade(answer)  # dimmed beside the answer
+        assert not answer.source and "TTFT" in status_text(screen) and "thinking" in status_text(screen)
+
+        engine.resume.set()  # on into the answer
+        await until(pilot, lambda: engine.held == 2 and answer.source)  # the answer's first token is drawn at once
+        assert tokens("answer", FIRST_ANSWER + 3).startswith(answer.source)
+        first = RECORDED_THOUGHT[FIRST_ANSWER]["token"]  # the counts at the answer's first token
+        assert str(thought.render()) == f"▸ thought for {first['decode_s']:.1f} s · {first['generated'] - 1} tokens"
+        assert thought.text == tokens("reasoning", FIRST_ANSWER)
+        assert f"answer {first['ttft_s'] + first['decode_s']:.1f} s" in status_text(screen)
+
+        engine.resume.set()
+        await until(pilot, lambda: not screen.generating)
+        s = screen.session.stats[-1]  # once it is over, Done's own counts
+        assert str(thought.render()) == f"▸ thought for {s.reasoning_s:.1f} s · {s.reasoning_tokens} tokens"
+        assert f"TTFT {s.ttft_s:.2f} s · answer {s.answer_ttft_s:.1f} s" in status_text(screen)
+        assert answer.source == screen.session.messages[-1]["content"] and "<think>" not in answer.source
+
+        await pilot.press("ctrl+t")  # shown again, under its counts
+        assert str(thought.render()) == (f"▾ thought for {s.reasoning_s:.1f} s · {s.reasoning_tokens} tokens\n"
+                                         f"{thought.text.strip()}")
+        await pilot.press("ctrl+t")
+        assert str(thought.render()).startswith("▸ thought for")
+
+    chat(scenario, engine, size=(100, 30))
+
+
+def test_a_stream_that_ends_inside_the_thought_keeps_it_open_with_its_counts():
+    engine = thinking_replay(pause_after=5)
+
+    async def scenario(app, screen, pilot):
+        await ask(screen, pilot, THINKING_QUESTION)
+        await until(pilot, lambda: engine.held == 1)
+        await pilot.press("escape")
+        await until(pilot, lambda: not screen.generating)
+        s = screen.session.stats[-1]
+        assert s.stop_reason == "cancelled" and s.answer_ttft_s is None and s.reasoning_tokens == 5
+        thought = screen.query_one(Thought)
+        assert str(thought.render()) == f"▾ thought for {s.reasoning_s:.1f} s · 5 tokens\n{tokens('reasoning', 5)}"
+        await pilot.press("ctrl+t")  # it folds like any other
+        assert str(thought.render()) == f"▸ thought for {s.reasoning_s:.1f} s · 5 tokens"
+
+    chat(scenario, engine, size=(100, 30))
+
+
+def test_a_model_that_does_not_reason_has_no_thought_and_no_key_for_one():
+    async def scenario(app, screen, pilot):
+        await ask_and_wait(screen, pilot, "Hi")
+        assert "Thought" not in footer_keys(screen)
+        assert not screen.query_one(Thought).display
+        assert "answer" not in status_text(screen) and "thinking" not in status_text(screen)
+
+    chat(scenario, ReplayEngine(gap_s=0), size=(100, 30))
+
+
+def test_history_keeps_the_thought_apart_and_shows_it_folded_when_reopened():
+    async def scenario(app, screen, pilot):
+        await ask_and_wait(screen, pilot, THINKING_QUESTION)
+        done = RECORDED_THOUGHT[-1]["done"]
+        with open(screen.session.saved.path) as f:
+            saved = [json.loads(line) for line in f]
+        assert saved[-1]["role"] == "assistant"
+        assert saved[-1]["content"] == done["text"] and saved[-1]["reasoning"] == done["reasoning"]
+
+        await pilot.press("ctrl+n")
+        assert not screen.query(Thought)
+        await pilot.press("ctrl+o")
+        await pilot.pause(0.2)
+        await pilot.press("enter")
+        await until(pilot, lambda: len(screen.query(".assistant")) == 1)
+        thought = screen.query_one(Thought)
+        words = len(done["reasoning"].split())
+        assert thought.display and str(thought.render()) == f"▸ thought · {words} words"
+        assert screen.query(".assistant").last().source == done["text"]
+        assert screen.session.messages[-1]["reasoning"] == done["reasoning"]  # kept, never sent (the engine drops it)
+        await pilot.press("ctrl+t")
+        assert str(thought.render()) == f"▾ thought · {words} words\n{done['reasoning'].strip()}"
+
+    chat(scenario, thinking_replay(), size=(100, 30))
+
+
+@pytest.mark.slow
+def test_a_real_reasoning_model_thinks_within_its_budget_then_answers(thinking_gguf):
+    async def scenario(app, screen, pilot):
+        await ask_and_wait(screen, pilot, THINKING_QUESTION)
+        s = screen.session.stats[-1]
+        thought, answer = screen.query_one(Thought), screen.query(".assistant").last()
+        assert 8 <= s.reasoning_tokens and s.answer_ttft_s is not None and answer.source
+        with open(screen.session.saved.path) as f:
+            saved = [json.loads(line) for line in f][-1]
+        assert thought.folded and thought.text.strip() and saved["reasoning"] == thought.text
+        assert str(thought.render()) == f"▸ thought for {s.reasoning_s:.1f} s · {s.reasoning_tokens} tokens"
+        assert "</think>" not in answer.source and answer.source == screen.session.messages[-1]["content"]
+
+    chat(scenario, thinking_gguf, Params(temperature=0, max_tokens=48, think_budget=8), size=(100, 30))

@@ -9,12 +9,12 @@ import re
 
 import pytest
 from textual.app import App
-from textual.widgets import Label, OptionList
+from textual.widgets import Label, OptionList, Select
 
 from roost.machine import doctor
 from roost.backends.base import Done, Params
 from roost.tui.app import RoostApp
-from roost.tui.screens.settings import FIELDS, SettingsScreen, parse
+from roost.tui.screens.settings import FIELDS, OPTIONAL, SettingsScreen, parse
 from roost.tui.screens.start import StartScreen
 from roost.tui.widgets.prompt import PromptArea
 from pilot import ask, ask_and_wait, chat, drive, notes, until
@@ -73,7 +73,7 @@ def test_start_screen_shows_machine_engines_and_advice(monkeypatch, picked):
 # -- settings -------------------------------------------------------------------------
 
 FORM = {"temperature": "0.7", "top_p": "0.9", "top_k": "20", "min_p": "0", "repeat_penalty": "1.1",
-        "max_tokens": "", "seed": " 42 "}
+        "max_tokens": "", "seed": " 42 ", "think": "model default", "think_budget": ""}
 
 
 def test_parse_reads_the_form():
@@ -84,11 +84,21 @@ def test_parse_reads_the_form():
     assert base.max_tokens == 100  # the params given are left as they were
 
 
+def test_parse_reads_the_thinking_settings():
+    thinking = parse({**FORM, "think": "high", "think_budget": "512"}, Params())
+    assert (thinking.think, thinking.think_budget) == ("high", 512)
+    assert parse({**FORM, "think_budget": "0"}, Params()).think_budget == 0  # no thinking where only a budget can say so
+    again = parse(FORM, Params(think="on", think_budget=8))
+    assert (again.think, again.think_budget) == (None, None)  # the model's own default, no budget
+    with pytest.raises(ValueError, match="^think: 'loud' is not one of model default, on, off, low, medium, high$"):
+        parse({**FORM, "think": "loud"}, Params())
+
+
 def bad_values():
     for name, label, kind, (low, high) in FIELDS:
         values = ["warm", str(kind(high) + 1), str(kind(low) - 1)]
         values += ["2.5"] if kind is int else ["nan", "inf"]
-        values += [] if name in ("max_tokens", "seed") else [""]
+        values += [] if name in OPTIONAL else [""]
         for value in values:
             yield pytest.param(name, value, label.split(" (")[0], id=f"{name}={value!r}")
 
@@ -129,6 +139,26 @@ def test_settings_change_sampling_and_system_prompt():
         assert screen.session.messages == [{"role": "system", "content": "Be brief."}]
         assert screen.session.params.temperature == 1.5 and not screen.query(".assistant")
         assert "New chat with the new system prompt" in notes(app)
+
+    chat(scenario, ReplayEngine(gap_s=0), SHORT)
+
+
+def test_settings_set_thinking_and_show_it_again():
+    async def scenario(app, screen, pilot):
+        await pilot.press("ctrl+s")
+        form = app.screen
+        assert isinstance(form, SettingsScreen) and form.query_one("#think", Select).value == "model default"
+        await pilot.press(*["tab"] * 8)  # past the system prompt and the seven numbers
+        assert form.query_one("#think", Select).has_focus
+        await pilot.press("enter", "down", "down", "enter")  # model default, on, off
+        await pilot.press("tab", *"16", "ctrl+s")
+        assert app.screen is screen
+        assert app.params == screen.session.params == Params(temperature=0, max_tokens=8, think="off", think_budget=16)
+
+        await pilot.press("ctrl+s")  # the form shows what the chat runs with
+        form = app.screen
+        assert form.query_one("#think", Select).value == "off" and form.query_one("#think_budget").value == "16"
+        await pilot.press("escape")
 
     chat(scenario, ReplayEngine(gap_s=0), SHORT)
 

@@ -2,13 +2,14 @@
 
 The engine runs in a worker thread and the screen only renders what the session's
 events carry: text is appended in batches (at most every BATCH_S), so drawing never
-slows decoding, and every speed shown is the engine's own.
+slows decoding, and every speed shown is the engine's own. A reasoning model's thought
+goes in its own block above the answer (widgets/thought.py), told apart by the engine.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from textual import work
 from textual.app import ComposeResult
@@ -19,15 +20,23 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Markdown, Static
 
 from roost import history
-from roost.backends.base import Cancel, Done, Engine, EngineInfo, Params, Token
+from roost.backends.base import REASONING, Cancel, Done, Engine, EngineInfo, Params, Token
 from roost.errors import EngineCrashed
 from roost.session import Session
 from roost.tui.screens.history import HistoryScreen
 from roost.tui.screens.settings import SettingsScreen
 from roost.tui.widgets.prompt import PromptArea
 from roost.tui.widgets.status import StatusBar
+from roost.tui.widgets.thought import Thought
 
 BATCH_S = 0.1  # at most ten redraws a second while an answer streams
+
+
+class Turn(NamedTuple):
+    """What one answer fills on screen: the thought, if any, above the answer."""
+
+    thought: Thought
+    answer: Markdown
 
 
 class ChatScreen(Screen):
@@ -38,6 +47,9 @@ class ChatScreen(Screen):
         Binding("ctrl+s", "settings", "Settings"),
         Binding("ctrl+r", "copy_answer", "Copy"),
         Binding("ctrl+l", "models", "Models"),
+        # Shown only where there is a thought (check_action): the footer of a model that
+        # does not reason stays as it was.
+        Binding("ctrl+t", "toggle_thoughts", "Thought"),
     ]
 
     def __init__(self, load_engine: Callable[[], Engine], params: Params, system: str | None, model_name: str = ""):
@@ -49,6 +61,7 @@ class ChatScreen(Screen):
         self.cancel = Cancel()
         self.generating = False
         self.rates: list[float] = []
+        self.answer_ttft_s: float | None = None  # this answer's, once it started after a thought
         self.crash: EngineCrashed | None = None  # the engine's process died: the next question loads it again
 
     def compose(self) -> ComposeResult:
@@ -97,6 +110,7 @@ class ChatScreen(Screen):
         self._show_memory()
         if first:
             self.set_interval(1.0, self._show_memory)
+        self.refresh_bindings()  # Ctrl+T, for a model that reasons
 
     def _crashed(self, engine: Engine | None, error: EngineCrashed) -> None:
         """The engine's process died (at load, mid-answer, or idle): one line in the status
@@ -146,28 +160,30 @@ class ChatScreen(Screen):
         event.prompt.remember(text)
         conversation = self.query_one("#conversation", VerticalScroll)
         conversation.mount(Static(text, classes="user"))
-        answer = Markdown("", classes="assistant")
-        conversation.mount(answer)
+        thought, answer = Thought(), Markdown("", classes="assistant")
+        conversation.mount(thought, answer)
         conversation.scroll_end(animate=False)
         self.generating = True
         self.cancel = Cancel()
         self.rates = []
-        self.generate(text, answer, reload=self.crash is not None)
+        self.answer_ttft_s = None
+        self.generate(text, Turn(thought, answer), reload=self.crash is not None)
 
     class Arrived(Message):
-        """Tokens for the answer on screen, with the engine's clock at the last one."""
+        """Tokens for the turn on screen, all thought or all answer, with the engine's
+        clock at the last one."""
 
-        def __init__(self, answer: Markdown, text: str, token: Token) -> None:
+        def __init__(self, turn: Turn, text: str, token: Token) -> None:
             super().__init__()
-            self.answer, self.text, self.token = answer, text, token
+            self.turn, self.text, self.token = turn, text, token
 
     class Finished(Message):
-        def __init__(self, answer: Markdown, done: Done | None, error: Exception | None = None) -> None:
+        def __init__(self, turn: Turn, done: Done | None, error: Exception | None = None) -> None:
             super().__init__()
-            self.answer, self.done, self.error = answer, done, error
+            self.turn, self.done, self.error = turn, done, error
 
     @work(thread=True, exclusive=True, group="generate")
-    def generate(self, text: str, answer: Markdown, reload: bool = False) -> None:
+    def generate(self, text: str, turn: Turn, reload: bool = False) -> None:
         # post_message hands over and returns at once: the engine never waits for drawing
         # (call_from_thread would block this thread until the screen had redrawn).
         pending, last_flush, last = [], 0.0, None  # the first token is drawn at once
@@ -178,51 +194,72 @@ class ChatScreen(Screen):
                 self.app.call_from_thread(self._loaded, self.load_engine(), True)
             for event in self.session.send(text, self.cancel):
                 if isinstance(event, Token):
+                    if pending and event.kind != last.kind:
+                        # The thought's last batch; the answer's first token is drawn at
+                        # once, alone, so that the thought folds with that token's counts.
+                        self.post_message(self.Arrived(turn, "".join(pending), last))
+                        pending, last_flush = [], 0.0
                     pending.append(event.text)
                     last = event
                     if time.perf_counter() - last_flush >= BATCH_S:
-                        self.post_message(self.Arrived(answer, "".join(pending), last))
+                        self.post_message(self.Arrived(turn, "".join(pending), last))
                         pending, last_flush = [], time.perf_counter()
                 elif isinstance(event, Done):
                     if pending:
-                        self.post_message(self.Arrived(answer, "".join(pending), last))
-                    self.post_message(self.Finished(answer, event))
+                        self.post_message(self.Arrived(turn, "".join(pending), last))
+                    self.post_message(self.Finished(turn, event))
         except Exception as e:
             if pending:  # what came before it stays on screen
-                self.post_message(self.Arrived(answer, "".join(pending), last))
-            self.post_message(self.Finished(answer, None, e))
+                self.post_message(self.Arrived(turn, "".join(pending), last))
+            self.post_message(self.Finished(turn, None, e))
 
     async def on_chat_screen_arrived(self, message: Arrived) -> None:
         # The status first: appending yields to the event loop, and a frame drawn then
         # should not show the new text beside the old numbers.
-        token = message.token
+        token, thought = message.token, message.turn.thought
+        if token.kind != REASONING and thought.text and not thought.over:
+            # The answer starts: the thought folds, with its time and tokens as the engine
+            # counted them at this token (Done's stats make them exact once it is over).
+            self.answer_ttft_s = token.ttft_s + token.decode_s
+            thought.end(token.decode_s, token.generated - 1, folded=True)
+            self.refresh_bindings()
         status = self.query_one(StatusBar)
         if token.decode_tps:
             self.rates.append(token.decode_tps)
             status.show_rates(self.rates)
-        status.show_speed(token.decode_tps, None, token.ttft_s)
+        status.show_speed(token.decode_tps, None, token.ttft_s,
+                          answer_ttft_s=self.answer_ttft_s, thinking=token.kind == REASONING)
         status.show_context(token.prompt_tokens + token.generated, self.engine_info.n_ctx)
-        await message.answer.append(message.text)
+        if token.kind == REASONING:
+            thought.append(message.text)
+        else:
+            await message.turn.answer.append(message.text)
         self.query_one("#conversation", VerticalScroll).scroll_end(animate=False)
 
     def on_chat_screen_finished(self, message: Finished) -> None:
         self.generating = False
+        answer = message.turn.answer
         if isinstance(message.error, EngineCrashed):  # what came stays on screen, marked
-            if not message.answer.source:
-                message.answer.update("*no answer: the engine crashed*")
-            message.answer.add_class("error")
+            if not answer.source:
+                answer.update("*no answer: the engine crashed*")
+            answer.add_class("error")
             self._crashed(self.engine, message.error)
             return
         if message.error is not None:
-            message.answer.update(f"*{message.error}*")
-            message.answer.add_class("error")
+            answer.update(f"*{message.error}*")
+            answer.add_class("error")
             return
         s = message.done.stats
         note = {"cancelled": " · stopped", "length": " · max tokens", "context": " · context full"}.get(s.stop_reason, "")
         if s.stop_reason == "cancelled":
-            message.answer.add_class("stopped")
+            answer.add_class("stopped")
+        thought = message.turn.thought
+        if thought.text:  # open still if no answer came: the thought is all there is
+            thought.end(s.reasoning_s, s.reasoning_tokens, folded=thought.folded)
+            self.refresh_bindings()
         status = self.query_one(StatusBar)
-        status.show_speed(s.decode_tps, s.prefill_tps, s.ttft_s, note)
+        status.show_speed(s.decode_tps, s.prefill_tps, s.ttft_s, note,
+                          answer_ttft_s=s.answer_ttft_s if s.reasoning_tokens else None)
         status.show_context(s.context_tokens, s.n_ctx)
         self._show_memory()
 
@@ -239,6 +276,7 @@ class ChatScreen(Screen):
         self.session = Session(self.engine, self.params, system=self.system)
         self.query_one("#conversation", VerticalScroll).remove_children()
         self.query_one(StatusBar).show_context(0, self.engine_info.n_ctx)
+        self.refresh_bindings()
 
     def action_open_history(self) -> None:
         if self.session is not None and not self.generating:
@@ -257,8 +295,28 @@ class ChatScreen(Screen):
             if m["role"] == "user":
                 conversation.mount(Static(m["content"], classes="user"))
             elif m["role"] == "assistant":
+                if m.get("reasoning"):  # saved without its own counts: its length in words
+                    words = len(m["reasoning"].split())
+                    conversation.mount(Thought(m["reasoning"], f"thought · {words} word{'' if words == 1 else 's'}"))
                 conversation.mount(Markdown(m["content"], classes="assistant"))
         conversation.scroll_end(animate=False)
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "toggle_thoughts":  # where there is, or will be, a thought to show
+            reasons = self.engine_info is not None and self.engine_info.reasoning is not None
+            return reasons or any(t.over for t in self.query(Thought))
+        return True
+
+    def action_toggle_thoughts(self) -> None:
+        """Every thought in the conversation shown or folded, following the latest's."""
+        thoughts = [t for t in self.query(Thought) if t.over]
+        if not thoughts:
+            self.notify("No thought to show yet", severity="warning")
+            return
+        folded = not thoughts[-1].folded
+        for thought in thoughts:
+            thought.fold(folded)
 
     def action_settings(self) -> None:
         if self.session is not None:

@@ -1,4 +1,5 @@
-"""The live status under the conversation: speed, first-token time, context, memory."""
+"""The live status under the conversation: speed, first-token time (and the answer's, after
+a thought), context, memory."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ class StatusBar(Horizontal):
         yield Static("", id="memory")
         yield Sparkline([], id="rate")
 
-    def show_speed(self, decode_tps: float, prefill_tps: float | None, ttft_s: float, note: str = "") -> None:
+    def show_speed(self, decode_tps: float, prefill_tps: float | None, ttft_s: float, note: str = "",
+                   answer_ttft_s: float | None = None, thinking: bool = False) -> None:
+        """answer_ttft_s: when the answer came after a thought, its own first token's time
+        (the first token's is the thought's); thinking: no answer yet, the model is thinking."""
         # One token has no rate yet: a dash, not a zero that reads as a stall.
         gen = f"{decode_tps:,.1f}" if decode_tps else "–"
         prefill = f" · prompt {prefill_tps:,.0f} tok/s" if prefill_tps else ""
-        self.query_one("#speed", Static).update(f"gen {gen} tok/s{prefill} · TTFT {ttft_s:.2f} s{note}")
+        answer = f" · answer {answer_ttft_s:.1f} s" if answer_ttft_s is not None else " · thinking" if thinking else ""
+        self.query_one("#speed", Static).update(f"gen {gen} tok/s{prefill} · TTFT {ttft_s:.2f} s{answer}{note}")
 
     def show_rates(self, rates: list[float]) -> None:
         self.query_one("#rate", Sparkline).data = rates[-40:]

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from conftest import roost
+from conftest import roost, served
+from roost.backends import load
 from roost.backends.base import ANSWER, REASONING, Stats, Token
 from roost.backends.reasoning import THINK
 from roost.cli.run import DIM, PLAIN, Shown
@@ -90,6 +91,23 @@ def test_thought_and_answer_each_start_on_a_line_of_their_own():
 
     out, err = on_a_terminal((REASONING, "Still think"))  # cut inside the thought
     assert out == "" and err == f"{DIM}Still think{PLAIN}\n"
+
+
+def test_remote_run_sends_the_thinking_flags_and_shows_the_box_thinking_the_same_way(thinking_gguf, budgeted,
+                                                                                    roost_here):
+    engine = load(thinking_gguf)
+    try:
+        with served(engine) as url:
+            remote = roost_here("run", "--remote", url, STORY, *BUDGET, "--json")
+            off = roost_here("run", "--remote", url, STORY, "--think", "off", "-n", "16", "-t", "0", "--json")
+    finally:
+        engine.close()
+    assert remote.returncode == 0 and off.returncode == 0, remote.stderr + off.stderr
+    remote = json.loads(remote.stdout)
+    assert (remote["reasoning"], remote["text"]) == (budgeted["reasoning"], budgeted["text"])  # the budget got there
+    assert remote["stats"]["reasoning_tokens"] == budgeted["stats"]["reasoning_tokens"]
+    off = json.loads(off.stdout)
+    assert off["reasoning"] == "" and off["text"].strip() and off["stats"]["reasoning_tokens"] == 0
 
 
 def test_think_off_gives_no_thought(thinking_gguf, roost_here):

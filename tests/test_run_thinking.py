@@ -5,6 +5,7 @@ The model is the real SmolLM2 behind a template that opens `<think>` in the prom
 it answer, and without one all it writes is thought."""
 
 import io
+import dataclasses
 import json
 import re
 import sys
@@ -15,7 +16,7 @@ from conftest import roost, served
 from roost.backends import load
 from roost.backends.base import ANSWER, REASONING, Stats, Token
 from roost.backends.reasoning import THINK
-from roost.cli.run import DIM, PLAIN, Shown
+from roost.cli.run import DIM, PLAIN, Shown, unanswered
 from roost.report import stats_line
 
 STORY = "Write a very long story about a dragon."
@@ -144,3 +145,12 @@ def test_stats_line_shows_thought_and_answer_apart():
         " · answer 20 tok at 47.5 tok/s · TTFT 0.200 s (answer 1.800 s) · peak memory n/a · context 121/4096")
     assert " · thought 101 tok in 2.0 s (50.5 tok/s) · no answer · TTFT 0.200 s · " in stats_line(
         stats(reasoning_tokens=101))
+
+
+def test_the_no_answer_line_is_for_a_thought_with_no_answer_only_and_says_why():
+    assert unanswered(stats()) is None and unanswered(stats(reasoning_tokens=81, answer_ttft_s=1.8)) is None
+    cut = stats(reasoning_tokens=101)
+    assert unanswered(dataclasses.replace(cut, stop_reason="context")) == (
+        "roost: no answer: the model was still thinking (101 tokens) when the context was full; "
+        "raise --ctx or set --think-budget")
+    assert unanswered(dataclasses.replace(cut, stop_reason="cancelled")).endswith("(101 tokens) when it was stopped")

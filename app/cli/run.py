@@ -67,8 +67,9 @@ def cmd_run(args) -> int:
         shown.end_thought()
         sys.stdout.write("\n")
         sys.stdout.flush()
-    if unanswered(done.stats):
-        print(unanswered(done.stats), file=sys.stderr)
+    note = unanswered(done.stats)
+    if note:
+        print(note, file=sys.stderr)
     if args.stats:
         print(report.stats_line(done.stats), file=sys.stderr)
     engine.close()

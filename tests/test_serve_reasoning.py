@@ -78,7 +78,8 @@ def test_the_openai_client_reads_the_thought_apart_whole_and_streamed(url):
     assert thought_then_answer([kind for kind, _ in pieces])
     assert "".join(t for k, t in pieces if k == REASONING) == message.reasoning_content  # greedy: the same
     assert "".join(t for k, t in pieces if k == ANSWER) == message.content
-    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == usage.completion_tokens_details.reasoning_tokens
+    streamed = chunks[-1].usage.completion_tokens_details
+    assert streamed.reasoning_tokens == usage.completion_tokens_details.reasoning_tokens
 
 
 def test_without_a_budget_it_is_all_thought_and_thinking_off_is_all_answer(url):
@@ -114,6 +115,7 @@ BAD = {
     "budget a fraction": ({"thinking_budget_tokens": 1.5}, "thinking_budget_tokens"),
     "budget text": ({"thinking_budget_tokens": "ten"}, "thinking_budget_tokens"),
     "unknown effort": ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+    "effort a list": ({"reasoning_effort": ["high"]}, "reasoning_effort"),
     "kwargs not an object": ({"chat_template_kwargs": "enable_thinking=false"}, "chat_template_kwargs"),
     "enable_thinking not a bool": ({"chat_template_kwargs": {"enable_thinking": "no"}}, "chat_template_kwargs"),
     "effort and off disagree": ({"reasoning_effort": "high", "chat_template_kwargs": {"enable_thinking": False}},

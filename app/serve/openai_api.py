@@ -144,7 +144,9 @@ def _thinking(body: dict, think: str | None, budget: int | None) -> dict:
     Every chat_template_kwargs variable reaches the template, as with llama-server; its
     enable_thinking is also --think on or off, which works on templates without it too (an
     R1 distill's thought is closed as soon as it opens)."""
-    variables = body.get("chat_template_kwargs") or {}
+    variables = body.get("chat_template_kwargs")
+    if variables is None:
+        variables = {}
     if not isinstance(variables, dict):
         raise ApiError(400, "chat_template_kwargs must be an object of template variables, "
                             'e.g. {"enable_thinking": false}', param="chat_template_kwargs")
@@ -152,7 +154,7 @@ def _thinking(body: dict, think: str | None, budget: int | None) -> dict:
     if enable is not None and not isinstance(enable, bool):
         raise ApiError(400, f"chat_template_kwargs.enable_thinking must be true or false, not {enable!r}",
                        param="chat_template_kwargs")
-    if effort is not None and effort not in EFFORT_OF:
+    if effort is not None and (not isinstance(effort, str) or effort not in EFFORT_OF):
         raise ApiError(400, f"reasoning_effort must be one of {', '.join(EFFORT_OF)}, not {effort!r}",
                        param="reasoning_effort")
     if enable is not None and effort is not None and enable != (effort != "none"):

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from conftest import ROOT, in_process
-from replay import QUESTION, ReplayEngine
+from replay import QUESTION, THINKING, THINKING_QUESTION, ReplayEngine
 from roost.machine import hardware
 from roost.backends.base import Params
 from roost.tui.app import RoostApp
@@ -67,3 +67,22 @@ def test_chat_screen_mid_answer(snap_compare, machine, size):
         assert snap_compare(app, terminal_size=size, run_before=ask)
     finally:
         engine.resume.set()
+
+
+@SIZES
+def test_chat_screen_after_a_thought(snap_compare, machine, size):
+    """A reasoning model's answer: its thought folded to one line above it, and the
+    answer's first-token time beside the thought's in the status bar."""
+    machine("cpu_only.json")
+    engine = ReplayEngine(THINKING)
+    app = RoostApp(lambda: engine, "SmolLM2-think", Params(temperature=0, think_budget=16))
+
+    async def ask(pilot):
+        await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None)
+        await pilot.press(*THINKING_QUESTION, "enter")
+        await until(pilot, lambda: app.screen.session.stats)
+        await until(pilot, lambda: not app.screen.generating)
+        app.screen.query_one(PromptArea).cursor_blink = False
+        await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=size, run_before=ask)

@@ -25,8 +25,13 @@ class StatusBar(Horizontal):
         # One token has no rate yet: a dash, not a zero that reads as a stall.
         gen = f"{decode_tps:,.1f}" if decode_tps else "–"
         prefill = f" · prompt {prefill_tps:,.0f} tok/s" if prefill_tps else ""
-        answer = f" · answer {answer_ttft_s:.1f} s" if answer_ttft_s is not None else " · thinking" if thinking else ""
-        self.query_one("#speed", Static).update(f"gen {gen} tok/s{prefill} · TTFT {ttft_s:.2f} s{answer}{note}")
+        if answer_ttft_s is None and not thinking:
+            self.query_one("#speed", Static).update(f"gen {gen} tok/s{prefill} · TTFT {ttft_s:.2f} s{note}")
+            return
+        # After a thought the two first-token times go together, before the prompt's rate:
+        # at 80 columns what comes last is cut off.
+        answer = f"answer {answer_ttft_s:.1f} s" if answer_ttft_s is not None else "thinking"
+        self.query_one("#speed", Static).update(f"gen {gen} tok/s · TTFT {ttft_s:.2f} s · {answer}{prefill}{note}")
 
     def show_rates(self, rates: list[float]) -> None:
         self.query_one("#rate", Sparkline).data = rates[-40:]

@@ -20,7 +20,7 @@ from roost.backends.reasoning import THINK_SETTINGS
 FIELDS = tuple((s.name, s.label, s.kind, (s.low, s.high)) for s in sampling.SETTINGS) + (
     ("max_tokens", "max tokens (blank = no limit)", int, (1, 1_000_000)),
     ("seed", "seed (blank = random)", int, (0, 2**32 - 1)),
-    ("think_budget", "thinking budget (blank = none)", int, (0, 1_000_000)),
+    ("think_budget", "think budget (blank = none)", int, (0, 1_000_000)),
 )
 OPTIONAL = {"max_tokens", "seed", "think_budget"}
 # --think's choices, and the model's own default (Params.think None), which comes first.
@@ -63,7 +63,7 @@ class SettingsScreen(ModalScreen[tuple[str | None, Params] | None]):
             with Grid(id="sampling"):
                 for name, label, _, _ in FIELDS:
                     if name == "think_budget":  # the thinking settings together
-                        yield Label("thinking (reasoning models)")
+                        yield Label("think (reasoning models)")
                         yield Select([(c, c) for c in THINK_CHOICES], value=self.params.think or MODEL_DEFAULT,
                                      allow_blank=False, id="think", compact=True)
                     value = getattr(self.params, name)

@@ -75,9 +75,10 @@ class Stats:
     stop_reason: StopReason
     n_ctx: int
     peak_rss_bytes: int | None  # of the process running the model; None where a server does not say
-    # A reasoning model's split: the tokens of its thought (tags included), and the time
-    # from the call to the first token of the answer (None: no answer came; for a model
-    # that does not think, the same as ttft_s).
+    # A reasoning model's split: the tokens of its thought (tags included, and the end of
+    # turn where it ends one), and the time from the call to the first token that shows
+    # some answer (None: no answer came; for a model that does not think, ttft_s, or
+    # later where its first tokens are whitespace that is not shown).
     reasoning_tokens: int = 0
     answer_ttft_s: float | None = None
 

@@ -148,11 +148,17 @@ class TokenLoop:
         reason, stopped = "cancelled", False  # an engine that ends without a token was cancelled in prefill
         forced: list[int] = []  # tokens the loop writes in place of the model's next ones
 
+        last_kind = None
+
         def shown(parts: list[reasoning.Piece]) -> Iterator[Token]:
+            nonlocal last_kind
             for kind, part in parts:
                 # Harmony's commentary (tool preambles) is not the answer: shown with the thought.
                 kind = ANSWER if kind == ANSWER else REASONING
+                if kind == REASONING and texts[REASONING] and last_kind == ANSWER:
+                    texts[REASONING].append("\n\n")  # a second thought, after some answer: kept apart
                 texts[kind].append(part)
+                last_kind = kind
                 yield clock.stamp(part, generated, len(prompt), kind)
 
         steps = self._steps(prompt, cached, params, cancel)
@@ -173,6 +179,7 @@ class TokenLoop:
                 clock.token()
                 generated += 1
                 if self._ends_turn(token):
+                    split.feed("", 1)  # counted with the part it ends: a thought cut short, or the answer
                     reason = "stop"
                     break
                 piece, stopped = stops.feed(pieces.add(token))

@@ -121,7 +121,8 @@ def test_each_format_reaches_the_views_as_thought_and_answer(name):
     # The tokens up to the thought's closing tag are thought, the tags too; the end of turn is not.
     first_answer = next((t.generated for t in tokens if t.kind == ANSWER), None)
     if first_answer is None:
-        assert done.stats.reasoning_tokens == done.stats.generated_tokens - 1 and done.stats.answer_ttft_s is None
+        # An end of turn inside the thought counts with it: nothing was answered.
+        assert done.stats.reasoning_tokens == done.stats.generated_tokens and done.stats.answer_ttft_s is None
     else:
         assert 0 < done.stats.reasoning_tokens < first_answer  # an answer's wrapper tag (Granite) counts with it
         assert done.stats.answer_ttft_s >= done.stats.ttft_s
@@ -285,3 +286,11 @@ def test_a_real_model_with_thinking_off_answers_at_once(thinking_engine):
     # Without a budget the model, which never closes its thought itself, only thinks.
     done = list(thinking_engine.stream(QUESTION, Params(temperature=0, max_tokens=24)))[-1]
     assert done.text == "" and done.reasoning and done.stats.reasoning_tokens == 24
+
+
+def test_a_second_thought_after_some_answer_is_kept_apart_from_the_first():
+    source, tokens, _ = STREAMS["qwen3"]
+    engine = ScriptedModel(template(source), tokens + ["<think>", "Also", " Lyon", "</think>", "Yes", "."])
+    _, done = answer(engine)
+    assert done.reasoning == "The user asks for the capital.\n\nAlso Lyon"
+    assert done.text == "Paris is the capital.Yes."  # whitespace around a tag frames it: none is kept

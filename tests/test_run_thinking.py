@@ -154,3 +154,9 @@ def test_the_no_answer_line_is_for_a_thought_with_no_answer_only_and_says_why():
         "roost: no answer: the model was still thinking (101 tokens) when the context was full; "
         "raise --ctx or set --think-budget")
     assert unanswered(dataclasses.replace(cut, stop_reason="cancelled")).endswith("(101 tokens) when it was stopped")
+
+
+def test_no_color_shows_the_thought_undimmed(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    out, err = on_a_terminal((REASONING, "Hm."), (ANSWER, "Paris."))
+    assert out == "Paris." and err == "Hm.\n"

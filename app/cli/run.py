@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from roost.backends.base import REASONING
@@ -96,6 +97,8 @@ class Shown:
     def __init__(self, out, err, hide_thinking: bool = False):
         self.out, self.err = out, err
         self.show_thought = not hide_thinking and err.isatty()
+        # NO_COLOR (no-color.org): the thought still shows, without the escape codes.
+        self.dim, self.plain = ("", "") if os.environ.get("NO_COLOR") else (DIM, PLAIN)
         self.open_line = None  # REASONING or ANSWER: which one's last line is not yet ended
 
     def token(self, token) -> None:
@@ -107,7 +110,7 @@ class Shown:
             # has begun its answer): the newline goes to stderr, so stdout is the answer alone.
             self.end_line()
         if thought:  # dimmed a piece at a time: a Ctrl-C between two never leaves the terminal dim
-            self.err.write(f"{DIM}{token.text}{PLAIN}")
+            self.err.write(f"{self.dim}{token.text}{self.plain}")
             self.err.flush()
         else:
             self.out.write(token.text)

@@ -152,6 +152,7 @@ def test_eval_mistakes_get_one_line(tmp_path, demo_gguf, roost_here):
     one_line(roost_here("eval", "--ppl", TEXT, "http://127.0.0.1:9"), "a server does not send")
     one_line(roost_here("eval", "--ppl", TEXT, "demo", "--golden"), "--golden goes with an eval set, not with --ppl")
     one_line(roost_here("eval", "demo", "--chunks", "2"), "--chunks goes with --ppl")
+    one_line(roost_here("eval", "--ppl", TEXT, "demo", "--think-budget", "0"), "--think-budget goes with an eval set")
     short = tmp_path / "short.txt"
     short.write_text("Hello there.")
     one_line(roost_here("eval", "--ppl", str(short), "demo"), "too short to score")

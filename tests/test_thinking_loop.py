@@ -16,7 +16,7 @@ import pytest
 from roost.backends import load, reasoning
 from roost.backends.base import ANSWER, REASONING, Cancel, Done, Params, Plan, Token
 from roost.backends.streaming import ChatPrompt, TokenLoop
-from test_reasoning import HI, STREAMS, template
+from test_reasoning import HI, STREAMS, joined as by_kind, template  # joined reads Tokens as Pieces
 
 EOS = "<|eos|>"
 # gpt-oss's ends of turn (llama.cpp's EOG set for it); "<|end|>" too, here, so that a budget's
@@ -88,14 +88,6 @@ def answer(engine, params: Params = Params(), cancel: Cancel | None = None):
     done = events[-1]
     assert isinstance(done, Done) and all(isinstance(e, Token) for e in events[:-1])
     return events[:-1], done
-
-
-def by_kind(tokens: list[Token]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for t in tokens:
-        assert t.text, "an empty piece"
-        out[t.kind] = out.get(t.kind, "") + t.text
-    return out
 
 
 def scripted(name: str, **kw) -> tuple[ScriptedModel, dict]:

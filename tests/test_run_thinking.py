@@ -117,6 +117,15 @@ def test_think_off_gives_no_thought(thinking_gguf, roost_here):
     out = json.loads(result.stdout)
     assert out["reasoning"] == "" and out["stats"]["reasoning_tokens"] == 0
     assert out["text"].strip() and out["stats"]["answer_tokens"] == out["stats"]["generated_tokens"]
+    assert "does not reason" not in result.stderr
+
+
+def test_think_flags_on_a_model_that_does_not_reason_are_said_to_change_nothing(demo_gguf, roost_here):
+    plain = roost_here("run", demo_gguf, STORY, "-n", "8", "-t", "0", "--json")
+    told = roost_here("run", demo_gguf, STORY, "-n", "8", "-t", "0", "--json", "--think", "off", "--think-budget", "4")
+    assert told.returncode == 0 and json.loads(told.stdout)["text"] == json.loads(plain.stdout)["text"]
+    assert told.stderr.count("\n") == 1 and "does not reason" in told.stderr and "change nothing" in told.stderr
+    assert plain.stderr == ""
 
 
 def test_cut_inside_the_thought_is_an_empty_answer_and_one_line(thinking_gguf, roost_here):

@@ -48,6 +48,10 @@ def cmd_run(args) -> int:
         path = model.path
         loading = time.perf_counter()
         engine = load(model.path, model.plan, engine=model.engine)
+        if (args.think or args.think_budget is not None) and engine.info().reasoning is None:
+            # Said, not refused: the same command may be run over models that do and do not think.
+            print(f"roost: note: {model.name} does not reason (its template has no thought): "
+                  "--think and --think-budget change nothing", file=sys.stderr)
     load_s = time.perf_counter() - loading
     params = Params(max_tokens=args.max_tokens, seed=args.seed, **sampled(args), **thinking(args))
     session = Session(engine, params, system=args.system)

@@ -1,6 +1,7 @@
+import gguf
 import pytest
 
-from roost.models import catalog
+from roost.models import catalog, mlx_models
 from roost.errors import RoostError
 
 ENTRY = """
@@ -8,6 +9,7 @@ ENTRY = """
 family = "Tiny"
 params = 1.0e9
 context = 8192
+arch = "llama"
 n_layer = 16
 n_embd = 2048
 n_ff = 8192
@@ -128,3 +130,79 @@ def test_a_catalog_mlx_repo_names_that_build():
     assert catalog.resolve("qwen2.5-7b:4bit").quant == "4bit"
     with pytest.raises(RoostError, match="no quant 4bit"):  # a model with no MLX build has no widths
         catalog.resolve("qwen2.5-14b:4bit")
+
+
+def test_the_new_fields_parse():
+    text = ENTRY.replace('arch = "llama"', 'arch = "qwen3"\nreasoning = "think"\nolder = true\n'
+                         'mlx = { 4 = "someone/Tiny-4bit", 8 = "someone/Tiny-8bit" }\nmlx_size = { 4 = 600000000 }')
+    tiny = catalog.parse(text)["tiny"]
+    assert (tiny.architecture, tiny.reasoning, tiny.older, tiny.context) == ("qwen3", "think", True, 8192)
+    assert tiny.mlx_size == {"4": 600000000}
+    plain = catalog.parse(ENTRY)["tiny"]
+    assert (plain.architecture, plain.reasoning, plain.older, plain.mlx_size) == ("llama", None, False, {})
+
+
+@pytest.mark.parametrize("change, message", [
+    (('arch = "llama"\n', ""), "line 2, model tiny: missing arch$"),
+    (('arch = "llama"', "arch = 3"), r"arch must be llama.cpp's name for the architecture.*not 3$"),
+    (('arch = "llama"', 'arch = "Qwen 3"'), r"not 'Qwen 3'$"),
+    (('arch = "llama"', 'arch = "llama"\nreasoning = "thinking"'), r"reasoning must be one of .*think.* not 'thinking'$"),
+    (('arch = "llama"', 'arch = "llama"\nolder = "yes"'), "older must be true or false$"),
+    (('arch = "llama"', 'arch = "llama"\nmlx = { 4 = "a/b-4bit" }\nmlx_size = { 8 = 1 }'),
+     "mlx_size gives a size for 8-bit, which mlx does not list$"),
+    (('arch = "llama"', 'arch = "llama"\nmlx = { 4 = "a/b-4bit" }\nmlx_size = { 4 = "big" }'),
+     "mlx_size must give each build's size in bytes"),
+])
+def test_bad_new_fields_get_one_line(change, message):
+    with pytest.raises(RoostError, match=message) as e:
+        catalog.parse(ENTRY.replace(*change))
+    assert "\n" not in str(e.value)
+
+
+def test_mlx_builds_are_sized_from_the_catalog_where_it_gives_their_bytes():
+    text = ENTRY.replace('arch = "llama"', 'arch = "llama"\n'
+                         'mlx = { 4 = "someone/Tiny-4bit", 8 = "someone/Tiny-8bit" }\nmlx_size = { 4 = 700000000 }')
+    sizes = {q.name: q.file_bytes for _, q in mlx_models.builds(catalog.parse(text)["tiny"])}
+    assert sizes["4bit"] == 700000000  # as listed, not 1e9 × 4.5 bits ÷ 8
+    assert sizes["8bit"] == int(1.0e9 * (8 + mlx_models.GROUP_OVERHEAD_BITS) / 8)  # none listed: from the parameters
+
+
+def unknown_to_llama_cpp(names, folder) -> set[str]:
+    """The architecture names the bundled llama.cpp refuses, asked of its own loader: a
+    GGUF holding nothing but general.architecture fails at the architecture ("unknown
+    model architecture: 'x'", the loader's first check) for a name libllama does not know,
+    and further on, at the vocabulary, for one it does. (The names sit in libllama as
+    strings, but not all apart: the linker stores "qwen2" as the tail of "rwkv6qwen2".)"""
+    import llama_cpp
+
+    from roost.backends.llama_cpp import _LOG  # llama.cpp's log, which roost keeps
+
+    unknown = set()
+    for name in set(names):
+        path = str(folder / f"{name}.gguf")
+        writer = gguf.GGUFWriter(path, arch=name)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        _LOG.clear()
+        model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+        assert not model, f"{name}: a file with no vocabulary loaded"
+        errors = " ".join(_LOG.errors())
+        assert errors, f"{name}: llama.cpp logged no reason for refusing the file"
+        if f"unknown model architecture: '{name}'" in errors:
+            unknown.add(name)
+    return unknown
+
+
+def test_every_catalog_architecture_is_one_the_bundled_llama_cpp_loads(tmp_path):
+    real = [m for m in catalog.models().values() if not m.bundled]
+    assert all(m.architecture for m in real)
+    assert unknown_to_llama_cpp({m.architecture for m in real}, tmp_path) == set()
+
+
+def test_the_architecture_check_catches_a_made_up_one(tmp_path):
+    made_up = catalog.parse(ENTRY.replace('arch = "llama"', 'arch = "llama5-turbo"'))["tiny"]
+    assert unknown_to_llama_cpp({made_up.architecture, "llama"}, tmp_path) == {"llama5-turbo"}

@@ -77,6 +77,10 @@ class Model:
     mlx: dict[str, str] = field(default_factory=dict)
     unverified: tuple[str, ...] = ()
     bundled: str | None = None
+    architecture: str = ""  # llama.cpp's name for it, the GGUF's general.architecture
+    reasoning: str | None = None  # the format of its thought (roost.backends.reasoning); None: it writes none
+    older: bool = False  # superseded by a newer entry: listed after the current ones
+    mlx_size: dict[str, int] = field(default_factory=dict)  # bits -> bytes of that MLX build's weights
 
     def shape(self):
         from roost.machine.fit import Shape
@@ -93,13 +97,18 @@ class Model:
     def quants(self) -> list:
         from roost.machine.fit import Quant
 
-        shape = self.shape()
-        share = 0.0
-        if shape.n_expert:
-            # Expert weights: three matrices of n_embd × n_ff per expert per layer.
-            experts = shape.n_layer * shape.n_expert * 3 * shape.n_embd * shape.n_ff
-            share = min(experts / (self.params - shape.n_vocab * shape.n_embd), 1.0)
+        shape, share = self.shape(), self.expert_share()
         return [Quant.from_size(shape, g.quant, g.size, share) for g in self.gguf]
+
+    def expert_share(self) -> float:
+        """The share of the layers' weights held by routed experts (0 for a dense model),
+        of which a token reads only n_expert_used / n_expert."""
+        shape = self.shape()
+        if not shape.n_expert:
+            return 0.0
+        # Expert weights: three matrices of n_embd × n_ff per expert per layer.
+        experts = shape.n_layer * shape.n_expert * 3 * shape.n_embd * shape.n_ff
+        return min(experts / (self.params - shape.n_vocab * shape.n_embd), 1.0)
 
     def file_for(self, quant: str) -> GgufFile:
         for g in self.gguf:
@@ -110,6 +119,7 @@ class Model:
 
 
 ARCH_FIELDS = ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_vocab")
+ARCH_NAME = re.compile(r"[a-z][a-z0-9_-]*")  # as llama.cpp spells them: qwen3moe, gpt-oss, nemotron_h
 
 
 def _line_of(text: str, name: str) -> int:
@@ -136,7 +146,7 @@ def parse(text: str, where: str = "models.toml") -> dict[str, Model]:
         if "bundled" in entry:
             models[name] = Model(name, entry.get("family", name), 0.0, bundled=entry["bundled"])
             continue
-        missing = [k for k in ("family", "params", "context", "gguf_repo", "gguf", *ARCH_FIELDS) if k not in entry]
+        missing = [k for k in ("family", "params", "context", "arch", "gguf_repo", "gguf", *ARCH_FIELDS) if k not in entry]
         if missing:
             raise bad(f"missing {', '.join(missing)}")
         try:
@@ -148,14 +158,35 @@ def parse(text: str, where: str = "models.toml") -> dict[str, Model]:
         arch = {k: entry[k] for k in (*ARCH_FIELDS, "tied_embeddings", "n_expert", "n_expert_used") if k in entry}
         if not all(isinstance(arch[k], int) and arch[k] > 0 for k in ARCH_FIELDS):
             raise bad(f"{', '.join(ARCH_FIELDS)} must be positive whole numbers")
+        if not isinstance(entry["arch"], str) or not ARCH_NAME.fullmatch(entry["arch"]):
+            raise bad(f"arch must be llama.cpp's name for the architecture, as in the GGUF's "
+                      f"general.architecture (\"qwen3\", \"gpt-oss\"), not {entry['arch']!r}")
+        reasoning = entry.get("reasoning")
+        if reasoning is not None and reasoning not in _reasoning_formats():
+            raise bad(f"reasoning must be one of {', '.join(_reasoning_formats())} (or absent for a model "
+                      f"that does not reason), not {reasoning!r}")
+        if not isinstance(entry.get("older", False), bool):
+            raise bad("older must be true or false")
+        mlx = {str(k): v for k, v in entry.get("mlx", {}).items()}
+        mlx_size = {str(k): v for k, v in entry.get("mlx_size", {}).items()}
+        if stray := sorted(set(mlx_size) - set(mlx), key=int):
+            raise bad(f"mlx_size gives a size for {', '.join(f'{b}-bit' for b in stray)}, which mlx does not list")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in mlx_size.values()):
+            raise bad("mlx_size must give each build's size in bytes, a positive whole number")
         models[name] = Model(
             name=name, family=entry["family"], params=float(entry["params"]), gguf_repo=entry["gguf_repo"],
             gguf=files, description=entry.get("description", ""), kind=entry.get("kind", "chat"),
             active_params=float(entry.get("active_params", entry["params"])), license=entry.get("license", ""),
-            context=int(entry["context"]), arch=arch, mlx={str(k): v for k, v in entry.get("mlx", {}).items()},
-            unverified=tuple(entry.get("unverified", ())),
+            context=int(entry["context"]), arch=arch, mlx=mlx, unverified=tuple(entry.get("unverified", ())),
+            architecture=entry["arch"], reasoning=reasoning, older=entry.get("older", False), mlx_size=mlx_size,
         )
     return models
+
+
+def _reasoning_formats() -> tuple[str, ...]:
+    from roost.backends.reasoning import FORMATS
+
+    return tuple(f.name for f in FORMATS)
 
 
 @lru_cache(maxsize=1)

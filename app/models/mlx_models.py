@@ -166,13 +166,14 @@ def _repo_of_snapshot(path: str) -> str | None:
 
 
 def builds(model: Model) -> list[tuple[str, fit.Quant]]:
-    """The catalog's MLX builds of a model, as (repo, quant) sized from the parameter
-    count: the catalog lists their repos, not their bytes."""
-    s = model.shape()
+    """The catalog's MLX builds of a model, as (repo, quant): sized by the bytes of their
+    weights where the catalog gives them (mlx_size), else from the parameter count, which
+    misses what a build keeps at higher precision (embeddings, a vision tower)."""
+    s, share = model.shape(), model.expert_share()
     out = []
     for bits, repo in sorted(model.mlx.items(), key=lambda kv: int(kv[0])):
-        size = int(model.params * (int(bits) + GROUP_OVERHEAD_BITS) / 8)
-        out.append((repo, fit.Quant.from_size(s, f"{bits}bit", size)))
+        size = model.mlx_size.get(bits) or int(model.params * (int(bits) + GROUP_OVERHEAD_BITS) / 8)
+        out.append((repo, fit.Quant.from_size(s, f"{bits}bit", size, share)))
     return out
 
 

@@ -248,6 +248,7 @@ class Ref:
     repo: str | None = None  # a Hub repo outside the catalog (or the catalog's, by repo name)
     file: str | None = None  # a file in the repo
     quant: str | None = None  # a quant asked for by name
+    source: str | None = None  # with path: the other app whose store it is in (models/other_apps.py)
 
     @property
     def repo_id(self) -> str | None:
@@ -263,6 +264,11 @@ def resolve(text: str) -> Ref:
     path = os.path.expanduser(text)
     if os.path.exists(path) or text.endswith(".gguf") and ":" not in text or text.startswith((".", "/", "~")):
         return Ref(text, path=path)
+    from roost.models import other_apps
+
+    if other_apps.is_app_name(text):  # ollama:NAME, lmstudio:NAME, llama.cpp:FILE: read where that app keeps it
+        found = other_apps.resolve(text)
+        return Ref(text, path=found.path, source=found.source)
     name, _, extra = text.partition(":")
     catalog = models()
     if name in catalog:

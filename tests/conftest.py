@@ -28,6 +28,10 @@ def private_history(tmp_path_factory, monkeypatch):
     """Conversations and benchmark results saved by tests stay out of the user's."""
     monkeypatch.setenv("ROOST_HISTORY_DIR", str(tmp_path_factory.mktemp("history")))
     monkeypatch.setenv("ROOST_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    # Other apps' model stores (paths.py) point at nothing: the user's Ollama or LM Studio
+    # models do not turn up in what tests list; test_other_apps.py builds its own.
+    for name in ("OLLAMA_MODELS", "ROOST_LMSTUDIO_HOME", "LLAMA_CACHE"):
+        monkeypatch.setenv(name, str(tmp_path_factory.getbasetemp() / "no-other-apps" / name))
 
 
 @pytest.fixture(scope="session")

@@ -121,9 +121,9 @@ def cmd_ls(args) -> int:
     from roost.models import gguf_info, library
     from roost.errors import ModelFileError
 
-    have = library.downloaded()
+    have = library.on_disk()
     machine = hardware.detect()
-    rows = [["model", "quant", "size", "fits now", "path"]]
+    rows = [["model", "quant", "size", "fits now", "source", "path"]]
     out = []
     for d in have:
         try:
@@ -133,7 +133,7 @@ def cmd_ls(args) -> int:
         except ModelFileError:
             fits = "damaged"
         out.append(d.as_dict(fits))
-        rows.append([d.name or d.repo_id, d.quant, report.size(d.size), fits, d.path])
+        rows.append([d.name or d.repo_id, d.quant, report.size(d.size), fits, d.source, d.path])
     if args.json:
         print(json.dumps(out, indent=2))
     elif not have:

@@ -119,11 +119,12 @@ class Downloaded:
     size: int
     quant: str
     name: str | None  # the catalog name, if the repo is in the catalog
+    source = "huggingface"  # where it came from, beside other apps' models (other_apps.AppModel.source)
 
     def as_dict(self, fits: str) -> dict:
         """As `roost ls --json` lists it, with how it fits here now (report.fits)."""
         return {"name": self.name or self.repo_id, "repo": self.repo_id, "file": self.filename, "quant": self.quant,
-                "size": self.size, "fits": fits, "path": self.path}
+                "size": self.size, "fits": fits, "path": self.path, "source": self.source}
 
 
 def downloaded() -> list[Downloaded]:
@@ -155,6 +156,16 @@ def downloaded() -> list[Downloaded]:
     return sorted(found.values(), key=lambda d: (d.repo_id.lower(), d.filename))
 
 
+def on_disk() -> list:
+    """What `roost ls` lists: the Hugging Face cache's GGUFs, then other apps' models
+    (other_apps.found), each file once: one another app links to the cache is the cache's."""
+    from roost.models import other_apps
+
+    have = downloaded()
+    cached = {os.path.realpath(d.path) for d in have}
+    return have + [m for m in other_apps.found() if os.path.realpath(m.path) not in cached]
+
+
 def remove(ref_text: str) -> list[Downloaded]:
     """Remove downloaded files matching a reference: a catalog name (every quant, or
     name:QUANT), a repo, repo:file, or a path in the cache. Returns what was removed."""
@@ -173,13 +184,20 @@ def _parts(filename: str) -> int:
 
 
 def find_downloaded(ref_text: str) -> list[Downloaded]:
-    """Downloaded files a reference names, without asking the network."""
+    """Downloaded files a reference names, without asking the network. Another app's
+    model is refused here, in one line saying how to remove it in that app: roost only
+    reads other apps' stores."""
+    from roost.models import other_apps
+
     have = downloaded()
     path = os.path.realpath(os.path.expanduser(ref_text))
     by_path = [d for d in have if os.path.realpath(d.path) == path or d.path == ref_text]
     if by_path:
         return by_path
     ref = catalog.resolve(ref_text)
+    owner = other_apps.resolve(ref_text) if ref.source else other_apps.owner_of(ref.path) if ref.path else None
+    if owner is not None:
+        raise CatalogError(owner.refusal())
     if ref.path is not None:
         raise CatalogError(f"{ref_text} is not a downloaded model in the Hugging Face cache; roost removes only what it pulled")
     repo = (ref.repo_id or "").lower()

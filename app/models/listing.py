@@ -4,6 +4,7 @@ list shows it."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from roost.machine import fit
@@ -79,8 +80,11 @@ def mlx_offers(machine, n_ctx: int) -> list[Offer]:
 
 
 def local_offers(machine, n_ctx: int, have=()) -> list[Offer]:
-    """The bundled demo and the downloaded files no catalog entry offers, planned from
-    their own headers."""
+    """The bundled demo, the downloaded files no catalog entry offers, and other apps'
+    models (other_apps.found: read where those apps keep them), planned from their own
+    headers."""
+    from roost.models import other_apps
+
     known = {(m.gguf_repo.lower(), g.file) for m in catalog.models().values() if m.gguf_repo for g in m.gguf}
     offers = []
     try:
@@ -90,6 +94,10 @@ def local_offers(machine, n_ctx: int, have=()) -> list[Offer]:
     for d in have:
         if (d.repo_id.lower(), d.filename) not in known:
             offers.append(_file_offer(f"{d.repo_id}:{d.filename}", d.path, d.repo_id, machine, n_ctx, "downloaded"))
+    cached = {os.path.realpath(d.path) for d in have}
+    for m in other_apps.found():
+        if os.path.realpath(m.path) not in cached:
+            offers.append(_file_offer(m.name, m.path, None, machine, n_ctx, f"from {m.app}, read in place"))
     return offers
 
 

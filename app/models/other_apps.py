@@ -106,14 +106,18 @@ def _parts(path: str) -> int:
 
 
 def ollama() -> list[AppModel]:
+    """Every name in Ollama's stores whose weights are a GGUF blob there; two names of one
+    blob (a `cp`, or one model pulled by two names) are both listed, as `ollama list` does."""
     out, seen = [], set()
     for store in paths.ollama_models():
+        if os.path.realpath(store) in seen:
+            continue
+        seen.add(os.path.realpath(store))
         root = os.path.join(store, "manifests")
         for manifest in _walk_depth(root, 4):  # HOST/NAMESPACE/MODEL/TAG, as Ollama globs them
-            found_ = _ollama_model(store, root, manifest)
-            if found_ and found_.path not in seen:
-                seen.add(found_.path)
-                out.append(found_)
+            model = _ollama_model(store, root, manifest)
+            if model:
+                out.append(model)
     return out
 
 

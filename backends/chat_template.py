@@ -10,20 +10,155 @@ templates written for them render the same here.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Sequence
 
 from roost.errors import TemplateError
 
-# For models whose file carries no template. ChatML is what most small instruct models
-# (SmolLM2, Qwen, many fine-tunes) use; the engine reports when this stands in.
+# ChatML: what most small instruct models (SmolLM2, Qwen, many fine-tunes) use, and what
+# llama.cpp's own server falls back to for a file with no template and no other sign.
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+@dataclass(frozen=True)
+class BuiltIn:
+    """One of llama.cpp's built-in chat formats (src/llama-chat.cpp, `llm_chat_apply_template`),
+    written as Jinja so that it renders in the same sandbox, through the same code, as a
+    file's own template. tests/test_chat_template.py checks each against llama.cpp's own
+    rendering of the same name (`llama_chat_apply_template`)."""
+
+    label: str  # as the note names it: "using llama.cpp's built-in Gemma format"
+    markers: tuple[str, ...]  # the special tokens the format is written in
+    source: str
+
+
+def _turns(open_: str, between: str, close: str, trim: bool = False, generation: str | None = None) -> str:
+    """The common shape: each message as open + role + between + content + close."""
+    content = "message['content'] | trim" if trim else "message['content']"
+    prompt = open_ + "assistant" + between if generation is None else generation
+    return (
+        "{% for message in messages %}"
+        f"{{{{ {open_!r} + message['role'] + {between!r} + {content} + {close!r} }}}}"
+        "{% endfor %}"
+        f"{{% if add_generation_prompt %}}{{{{ {prompt!r} }}}}{{% endif %}}"
+    )
+
+
+def _mistral_v7(space: str) -> str:
+    # No generation prompt: a user turn's [/INST] is where the answer starts.
+    return (
+        "{% for message in messages %}"
+        f"{{% if message['role'] == 'system' %}}{{{{ '[SYSTEM_PROMPT]{space}' + message['content'] + '[/SYSTEM_PROMPT]' }}}}"
+        f"{{% elif message['role'] == 'user' %}}{{{{ '[INST]{space}' + message['content'] + '[/INST]' }}}}"
+        f"{{% else %}}{{{{ '{space}' + message['content'] + '</s>' }}}}{{% endif %}}"
+        "{% endfor %}"
+    )
+
+
+BUILT_IN = {
+    "chatml": BuiltIn("ChatML", ("<|im_start|>", "<|im_end|>"), CHATML),
+    "phi4": BuiltIn("Phi-4", ("<|im_start|>", "<|im_sep|>", "<|im_end|>"),
+                    _turns("<|im_start|>", "<|im_sep|>", "<|im_end|>")),
+    "phi3": BuiltIn("Phi-3", ("<|assistant|>", "<|end|>"), _turns("<|", "|>\n", "<|end|>\n")),
+    # Gemma has no system turn: llama.cpp puts the system prompt at the top of the next user turn.
+    "gemma": BuiltIn("Gemma", ("<start_of_turn>", "<end_of_turn>"), (
+        "{% set ns = namespace(system='') %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{% set ns.system = ns.system + message['content'] | trim %}"
+        "{% else %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' }}"
+        "{% if ns.system and role != 'model' %}{{ ns.system + '\n\n' }}{% set ns.system = '' %}{% endif %}"
+        "{{ message['content'] | trim + '<end_of_turn>\n' }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    )),
+    "llama3": BuiltIn("Llama 3", ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+                      _turns("<|start_header_id|>", "<|end_header_id|>\n\n", "<|eot_id|>", trim=True)),
+    "llama4": BuiltIn("Llama 4", ("<|header_start|>", "<|header_end|>", "<|eot|>"),
+                      _turns("<|header_start|>", "<|header_end|>\n\n", "<|eot|>", trim=True)),
+    "mistral-v7": BuiltIn("Mistral v7", ("[SYSTEM_PROMPT]", "[INST]", "[/INST]"), _mistral_v7(" ")),
+    "mistral-v7-tekken": BuiltIn("Mistral v7 Tekken", ("[SYSTEM_PROMPT]", "[INST]", "[/INST]"),
+                                 _mistral_v7("")),
+    "granite": BuiltIn("Granite", ("<|start_of_role|>", "<|end_of_role|>"), (
+        "{% for message in messages %}"
+        "{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' }}"
+        "{% if message['role'] == 'assistant_tool_call' %}{{ '<|tool_call|>' }}{% endif %}"
+        "{{ message['content'] + '<|end_of_text|>\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}"
+    )),
+    "command-r": BuiltIn("Command R", ("<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>"), (
+        "{% set names = {'system': '<|SYSTEM_TOKEN|>', 'user': '<|USER_TOKEN|>', 'assistant': '<|CHATBOT_TOKEN|>'} %}"
+        "{% for message in messages if message['role'] in names %}"
+        "{{ '<|START_OF_TURN_TOKEN|>' + names[message['role']] + message['content'] | trim + '<|END_OF_TURN_TOKEN|>' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>' }}{% endif %}"
+    )),
+    "deepseek3": BuiltIn("DeepSeek V3", ("<｜User｜>", "<｜Assistant｜>"), (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
+        "{% elif message['role'] == 'assistant' %}{{ '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+    )),
+}
+
+# Which format a file without a template gets. llama.cpp itself names its format from the
+# template's text (`llm_chat_detect_template`: "<start_of_turn>" in it means gemma, and so
+# on); with no text to read, the same markers are looked for in the vocabulary, in the same
+# order, with the file's architecture tried first where it names one family. A format is
+# taken only when its markers are whole tokens: written out as text, in pieces, they would
+# mean nothing to the model. Nothing found: ChatML, as llama-server does.
+_BY_ARCHITECTURE = {
+    "gemma": ("gemma",), "gemma2": ("gemma",), "gemma3": ("gemma",), "gemma3n": ("gemma",),
+    "gemma3_text": ("gemma",),  # MLX's config.json name
+    "phi3": ("phi4", "phi3"),  # Phi-4 (14B) is llama.cpp's phi3 architecture in ChatML with <|im_sep|>
+    "llama4": ("llama4",),
+    "granite": ("granite",), "granitemoe": ("granite",), "granitehybrid": ("granite",),
+    "command-r": ("command-r",), "cohere": ("command-r",), "cohere2": ("command-r",),
+}
+_BY_VOCABULARY = ("deepseek3", "phi4", "chatml", "mistral-v7", "phi3", "gemma", "llama3", "granite", "llama4",
+                  "command-r")
+
+
+def built_in(architecture: str | None, is_token: Callable[[str], bool], tokenizer_pre: str | None = None) -> str:
+    """The name of llama.cpp's built-in format for a model with no chat template.
+    tokenizer_pre: the GGUF's tokenizer.ggml.pre, which tells Mistral's two v7 formats
+    apart (Tekken writes no space after [INST]); unknown, Tekken, which every Mistral
+    model with [SYSTEM_PROMPT] since Small 3 (2501) uses."""
+    for name in (*_BY_ARCHITECTURE.get(architecture or "", ()), *_BY_VOCABULARY):
+        if all(is_token(marker) for marker in BUILT_IN[name].markers):
+            if name == "mistral-v7" and tokenizer_pre in (None, "tekken"):
+                return "mistral-v7-tekken"
+            return name
+    return "chatml"
+
+
+def origin(name: str | None) -> str:
+    """What EngineInfo.chat_template says: "model", or the built-in format that stands in."""
+    return "model" if name is None else f"fallback: {name} (the file has none)"
+
+
+def missing_note(chat_template: str, model: str) -> str | None:
+    """The line run and chat show once for a model whose file has no template: a base model,
+    most often, which continues text rather than answering."""
+    if not chat_template.startswith("fallback: "):
+        return None
+    name = chat_template.removeprefix("fallback: ").split(" ", 1)[0]
+    label = BUILT_IN[name].label if name in BUILT_IN else name
+    return (f"{model} has no chat template; using llama.cpp's built-in {label} format (it may be a base "
+            "model, which continues text rather than chatting)")
 
 
 def _raise_exception(message):

@@ -159,6 +159,8 @@ class LlamaCppEngine(TokenLoop):
             model.token_get_text(bos_id) if bos_id != -1 else "",
             model.token_get_text(eos_id) if eos_id != -1 else "",
             model.add_bos_token(),
+            self._llm.metadata.get("general.architecture"),
+            self._llm.metadata.get("tokenizer.ggml.pre"),
         )
         self._n_ctx_train = model.n_ctx_train()
         # llama.cpp pads the context to a multiple of 256, but Llama's token arrays hold

@@ -107,7 +107,8 @@ class MlxEngine(TokenLoop):
         except (ValueError, OSError, KeyError) as e:
             raise ModelFileError(f"mlx-lm could not load {model_path}: {e}") from None
         with open(os.path.join(model_path, "config.json")) as f:
-            self._n_ctx_train = json.load(f).get("max_position_embeddings")
+            config = json.load(f)
+        self._n_ctx_train = config.get("max_position_embeddings")
         tok = self._tokenizer
         self._prompt = ChatPrompt(
             tok.chat_template,
@@ -117,6 +118,7 @@ class MlxEngine(TokenLoop):
             tok.eos_token or "",
             # Whether the tokenizer itself would begin a text with BOS.
             tok.bos_token_id is not None and tok.encode("", add_special_tokens=True)[:1] == [tok.bos_token_id],
+            config.get("model_type"),
         )
         self._n_ctx = plan.n_ctx
         self._model_bytes = sum(v.nbytes for _, v in tree_flatten(self._model.parameters()))

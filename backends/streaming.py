@@ -34,13 +34,21 @@ class Prompted:
 class ChatPrompt:
     """A model's chat template, rendered sandboxed, and its tokenizer, with the BOS token
     added only where the vocabulary wants one and the template left it out (templates
-    differ on whether they write it themselves)."""
+    differ on whether they write it themselves). A file with no template gets the format
+    llama.cpp has built in for its architecture and vocabulary (chat_template.built_in):
+    `architecture` is the GGUF's general.architecture (an MLX config's model_type),
+    `tokenizer_pre` the GGUF's tokenizer.ggml.pre."""
 
     def __init__(self, template: str | None, tokenize: Callable[[str], list[int]],
-                 bos_id: int | None, bos_text: str, eos_text: str, add_bos: bool):
-        self.template = template or chat_template.CHATML
-        self.origin = "model" if template else "fallback: ChatML (the file has none)"
+                 bos_id: int | None, bos_text: str, eos_text: str, add_bos: bool,
+                 architecture: str | None = None, tokenizer_pre: str | None = None):
         self._tokenize = tokenize
+        built_in = None
+        if not template:
+            built_in = chat_template.built_in(architecture, lambda text: len(tokenize(text)) == 1, tokenizer_pre)
+            template = chat_template.BUILT_IN[built_in].source
+        self.template = template
+        self.origin = chat_template.origin(built_in)
         self._bos_id, self._bos_text, self._eos_text = bos_id, bos_text, eos_text
         self._add_bos = add_bos and bos_id is not None
         self._specials: list[str] | None = None

@@ -89,3 +89,17 @@ def synthetic_llama(source: str, dest: str, *, n_layer: int, n_embd: int, n_head
     writer.write_tensors_to_file()
     writer.close()
     return dest
+
+
+def with_vocabulary(source: str, dest: str, renamed: dict[str, str]) -> str:
+    """A copy of `source` with no chat template whose vocabulary spells some tokens anew
+    ({"<|im_start|>": "<start_of_turn>"}): the same weights, with another family's turn
+    markers as whole tokens, for what is read from the vocabulary alone."""
+    reader = gguf.GGUFReader(source, "r")
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(dest, arch=arch, endianess=reader.endianess)
+    tokens = [renamed.get(t, t) for t in reader.fields[gguf.Keys.Tokenizer.LIST].contents()]
+    new = {gguf.Keys.Tokenizer.LIST: MetadataDetails(gguf.GGUFValueType.ARRAY, tokens, sub_type=gguf.GGUFValueType.STRING)}
+    remove = [name for name in reader.fields if name.startswith(gguf.Keys.Tokenizer.CHAT_TEMPLATE)]
+    copy_with_new_metadata(reader, writer, new, remove)
+    return dest

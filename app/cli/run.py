@@ -29,7 +29,7 @@ def cmd_run(args) -> int:
     import time
 
     from roost import report
-    from roost.backends import load
+    from roost.backends import chat_template, load
     from roost.backends.base import Cancel, Done, Params
     from roost.session import Session
 
@@ -48,7 +48,10 @@ def cmd_run(args) -> int:
         path = model.path
         loading = time.perf_counter()
         engine = load(model.path, model.plan, engine=model.engine)
-        if (args.think or args.think_budget is not None) and engine.info().reasoning is None:
+        info = engine.info()
+        if (missing := chat_template.missing_note(info.chat_template, model.name)) is not None:
+            print(f"roost: note: {missing}", file=sys.stderr)
+        if (args.think or args.think_budget is not None) and info.reasoning is None:
             # Said, not refused: the same command may be run over models that do and do not think.
             print(f"roost: note: {model.name} does not reason (its template has no thought): "
                   "--think and --think-budget change nothing", file=sys.stderr)

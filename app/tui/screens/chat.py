@@ -20,6 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Markdown, Static
 
 from roost import history
+from roost.backends import chat_template
 from roost.backends.base import REASONING, Cancel, Done, Engine, EngineInfo, Params, Token
 from roost.errors import EngineCrashed
 from roost.session import Session
@@ -107,6 +108,9 @@ class ChatScreen(Screen):
             self.notify("The engine crashed before: the model was loaded again")
         else:
             status.show_context(0, info.n_ctx)
+        if first and (missing := chat_template.missing_note(info.chat_template, self.model_name or info.model)):
+            # Long enough to read: the first answer would otherwise be the only sign.
+            self.notify(missing, severity="warning", timeout=15)
         self._show_memory()
         if first:
             self.set_interval(1.0, self._show_memory)

@@ -248,3 +248,20 @@ def test_llama_cpp_cache_in_the_hugging_face_layout(tmp_path, roost_here, demo_g
     result = roost_here("ls", "--json", env={"LLAMA_CACHE": str(tmp_path / "cache")})
     assert [(m["name"], m["source"]) for m in json.loads(result.stdout)] == [
         ("llama.cpp:bartowski/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct-Q4_1.gguf", "llama.cpp")]
+
+
+@pytest.mark.slow
+def test_model_screen_lists_them_and_chats_with_one(stores, monkeypatch):
+    """The chat app's model list shows another app's model as on disk; chosen, it loads
+    from where that app keeps it and answers."""
+    from test_tui_models import chat_answers_tokyo, choose, rows, run_app
+
+    async def scenario(app, pilot):
+        shown = rows(app.screen)
+        for name in (OLLAMA_NAME, LMS_NAME, LLAMA_NAME):
+            assert shown[name][-1] == "✓"  # on disk: nothing to download
+        await choose(pilot, "llama3.2")
+        chat = await chat_answers_tokyo(app, pilot)
+        assert chat.session is not None
+
+    run_app(scenario, monkeypatch, "cpu_only.json", engine="llama")

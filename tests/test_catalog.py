@@ -165,6 +165,15 @@ def test_mlx_builds_are_sized_from_the_catalog_where_it_gives_their_bytes():
     sizes = {q.name: q.file_bytes for _, q in mlx_models.builds(catalog.parse(text)["tiny"])}
     assert sizes["4bit"] == 700000000  # as listed, not 1e9 × 4.5 bits ÷ 8
     assert sizes["8bit"] == int(1.0e9 * (8 + mlx_models.GROUP_OVERHEAD_BITS) / 8)  # none listed: from the parameters
+    shipped = {q.name: q.file_bytes for _, q in mlx_models.builds(catalog.models()["qwen2.5-7b"])}
+    assert shipped["4bit"] == catalog.models()["qwen2.5-7b"].mlx_size["4"]
+
+
+def test_every_shipped_model_that_reasons_names_its_format():
+    real = [m for m in catalog.models().values() if not m.bundled]
+    assert all(m.reasoning for m in real if m.kind == "reasoning")
+    assert {m.reasoning for m in real} >= {None, "think", "harmony"}
+    assert any(m.older for m in real) and not all(m.older for m in real)
 
 
 def unknown_to_llama_cpp(names, folder) -> set[str]:

@@ -191,13 +191,15 @@ def test_broken_stores_list_what_they_can(tmp_path, roost_here, demo_gguf):
     ollama_model(store, "registry.ollama.ai/library/dir-blob/latest", digest("dir"))
     blob(store, digest("dir")).mkdir()
     ollama_model(store, "registry.ollama.ai/library/bad-digest/latest", "md5:1234")
-    ollama_model(store, "registry.ollama.ai/library/ok/latest", digest("ok"), blob_from=demo_gguf)
+    # No file_type recorded and none in the tag: the quant is read from the GGUF's header.
+    ollama_model(store, "registry.ollama.ai/library/ok/latest", digest("ok"), {"model_format": "gguf"},
+                 blob_from=demo_gguf)
     lms = tmp_path / "lms"
     lms.mkdir()
     (lms / "settings.json").write_text("[1, 2")
     result = roost_here("ls", "--json", env={"OLLAMA_MODELS": str(store), "ROOST_LMSTUDIO_HOME": str(lms)})
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert [m["name"] for m in json.loads(result.stdout)] == ["ollama:ok:latest"]
+    assert [(m["name"], m["quant"]) for m in json.loads(result.stdout)] == [("ollama:ok:latest", "Q4_1")]
 
 
 def test_model_list_offers_them(stores, monkeypatch):

@@ -126,14 +126,17 @@ def cmd_ls(args) -> int:
     rows = [["model", "quant", "size", "fits now", "source", "path"]]
     out = []
     for d in have:
+        quant = d.quant
         try:
             info = gguf_info.read(d.path)
             _, ranking = fit.for_gguf(info, min(DEFAULT_CTX, info.n_ctx_train or DEFAULT_CTX), machine)
             fits = report.fits(ranking.options[0], info.n_layer)
+            if quant == "?":  # not in the file's name (an Ollama blob has none): the header's
+                quant = ranking.options[0].quant.name
         except ModelFileError:
             fits = "damaged"
-        out.append(d.as_dict(fits))
-        rows.append([d.name or d.repo_id, d.quant, report.size(d.size), fits, d.source, d.path])
+        out.append({**d.as_dict(fits), "quant": quant})
+        rows.append([d.name or d.repo_id, quant, report.size(d.size), fits, d.source, d.path])
     if args.json:
         print(json.dumps(out, indent=2))
     elif not have:

@@ -267,7 +267,7 @@ def test_perplexity_matches_llama_cpps_own_logits(demo_gguf):
 
 @pytest.mark.slow
 def test_kl_divergence_of_a_model_against_itself_and_a_lossier_quant(quants):
-    result = roost("eval", "--ppl", TEXT, "demo", quants["copy"], quants["q4_0"], "--chunks", "3")
+    result = roost("eval", "--ppl", TEXT, "demo", quants["copy"], quants["q4_0"], "--chunks", "3", timeout=600)
     assert result.returncode == 0, result.stderr
     assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
     ref, same, q4_0 = run_json("--ppl", TEXT, "demo", quants["copy"], quants["q4_0"], "--chunks", "3")

@@ -58,6 +58,40 @@ def ceiling(option) -> str:
     return f"≤ {option.ceiling_tps:.0f} tok/s" if option and option.ceiling_tps else "—"
 
 
+def predicted(option) -> str:
+    """The rate decoding is predicted to reach (fit.DECODE_SHARE of the ceiling)."""
+    from roost.machine.fit import tps
+
+    return f"~{tps(option.predicted_tps)} tok/s" if option and option.predicted_tps else "—"
+
+
+def listed_fit(offer) -> str:
+    """The fits cell of a listing: a pick predicted below the floor is passed over."""
+    return "too slow" if offer.too_slow else best_fit(offer)
+
+
+def too_slow(name: str, ranking) -> str:
+    """What a listing passed over, or a named model's warning, in one line."""
+    from roost.machine.fit import tps
+
+    p = ranking.pick
+    return (f"{name} {p.quant.name}: fits, ~{tps(p.predicted_tps)} tok/s predicted: too slow here "
+            f"(floor {ranking.min_tps:g}; --min-speed sets it)")
+
+
+def low_bits(name: str, option, smaller=None) -> str:
+    """A pick below ~3.5 bits a weight, and the smaller model at 4 bits or more, if any."""
+    from roost.machine.fit import tps
+
+    line = (f"{name} {option.quant.name} is {option.bits_per_weight:.1f} bits a weight: below ~3.5, quality "
+            f"falls off")
+    if smaller:
+        offer, q = smaller
+        speed = f", ~{tps(q.predicted_tps)} tok/s predicted" if q.predicted_tps else ""
+        line += f"; {offer.name} at {q.quant.name} fits here too{speed} (roost pull {offer.name})"
+    return line
+
+
 def best_fit(offer) -> str:
     """How the planner's pick for a listing.Offer runs here."""
     return fits(offer.pick, offer.n_layer) if offer.pick else "no"
@@ -72,10 +106,11 @@ def quant_row(o, n_layer: int, picked: bool = False) -> list[str]:
         size(o.estimate.total),
         size(o.estimate.gpu) if o.estimate.gpu else "—",
         f"≤ {o.ceiling_tps:.0f}" if o.ceiling_tps else "—",
+        predicted(o).removesuffix(" tok/s"),
     ]
 
 
-QUANT_HEADER = ["quant", "size", "bits/w", "fits", "memory", "on GPU", "ceiling tok/s"]
+QUANT_HEADER = ["quant", "size", "bits/w", "fits", "memory", "on GPU", "ceiling tok/s", "predicted"]
 
 
 def ranking(name: str, shape, r) -> str:
@@ -87,7 +122,7 @@ def ranking(name: str, shape, r) -> str:
     )
     header = [*QUANT_HEADER[:4], f"memory @ {r.n_ctx}", *QUANT_HEADER[5:]]
     rows = [header] + [quant_row(o, shape.n_layer, o is r.pick) for o in r.options]
-    lines = [head, "", table(rows, right={1, 2, 4, 5, 6}), ""]
+    lines = [head, "", table(rows, right={1, 2, 4, 5, 6, 7}), ""]
     lines.append(f"pick: {r.pick.quant.name} — {r.reason}." if r.pick else f"pick: none — {r.reason}.")
     if any(o.ceiling_tps is None for o in r.options) and b.unified:
         # Unified memory is read at the chip's rate, which a CPU measurement does not give.
@@ -96,9 +131,12 @@ def ranking(name: str, shape, r) -> str:
     elif any(o.ceiling_tps is None for o in r.options):
         lines.append("ceiling: memory bandwidth unknown here; run `roost doctor --measure` once to measure it.")
     else:
-        lines.append("ceiling: bandwidth ÷ bytes read per token, at an empty context. Decoding reaches part of it "
-                     "(roost bench measures how much: 31% for an 8B Q4_0 on an H100, 41% on a small CPU), and less "
-                     "for small models on big GPUs, where the fixed cost of each token rules.")
+        from roost.machine.fit import DECODE_SHARE
+
+        share = DECODE_SHARE[b.device]
+        lines.append(f"ceiling: bandwidth ÷ bytes read per token, at an empty context; predicted: the ceiling × "
+                     f"{share:.2f}, the share llama.cpp's decoding reaches on {'a CPU' if b.device == 'CPU' else b.device} "
+                     "(roost bench measures it here), less for small models on big GPUs.")
     return "\n".join(lines)
 
 

@@ -23,11 +23,28 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session")
+def kept_bandwidth() -> str:
+    """bandwidth.json as roost keeps it, with this machine's memory bandwidth measured once
+    for the session: the commands that show a ceiling measure it on first use, which
+    would otherwise be once in every test's fresh data folder."""
+    import json
+
+    from roost.machine import bandwidth, hardware
+
+    probe = hardware.Probe()
+    return json.dumps({probe.cpu()["model"]: round(bandwidth.measure(hardware.default_threads(probe)), 2)})
+
+
 @pytest.fixture(autouse=True)
-def private_history(tmp_path_factory, monkeypatch):
-    """Conversations and benchmark results saved by tests stay out of the user's."""
+def private_history(tmp_path_factory, monkeypatch, kept_bandwidth):
+    """Conversations and benchmark results saved by tests stay out of the user's; the
+    data folder starts with the session's bandwidth measurement kept."""
     monkeypatch.setenv("ROOST_HISTORY_DIR", str(tmp_path_factory.mktemp("history")))
-    monkeypatch.setenv("ROOST_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    data = tmp_path_factory.mktemp("data")
+    (data / "cache").mkdir()
+    (data / "cache" / "bandwidth.json").write_text(kept_bandwidth)
+    monkeypatch.setenv("ROOST_DATA_DIR", str(data))
     # Other apps' model stores (paths.py) point at nothing: the user's Ollama or LM Studio
     # models do not turn up in what tests list; test_other_apps.py builds its own.
     for name in ("OLLAMA_MODELS", "ROOST_LMSTUDIO_HOME", "LLAMA_CACHE"):

@@ -123,3 +123,66 @@ def test_search_shows_what_fits_here():
     assert table.returncode == 0 and "smollm2-135m" in table.stdout
     nothing = roost("search", "no-such-model-anywhere")
     assert nothing.returncode == 1 and "nothing in the catalog matches" in nothing.stdout
+
+
+def test_fit_measures_bandwidth_on_first_use_and_run_does_not(tmp_path, roost_here):
+    """A machine roost has run on has a ceiling: the first command that shows one measures
+    the memory bandwidth and keeps it. `roost run` shows none and leaves it unmeasured."""
+    from roost.machine import hardware
+
+    env = {"ROOST_DATA_DIR": str(tmp_path)}  # no kept measurement yet
+    kept = tmp_path / "cache" / "bandwidth.json"
+    ran = roost_here("run", "demo", "hi", "-n", "1", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert not kept.exists()
+    out = json.loads(roost_here("fit", "demo", "--json", env=env).stdout)
+    assert out["options"][0]["ceiling_tps"] > 0 and out["options"][0]["predicted_tps"] > 0
+    saved = json.loads(kept.read_text())
+    assert list(saved) == [hardware.Probe().cpu()["model"]] and saved[hardware.Probe().cpu()["model"]] > 0.5
+    # Kept, not measured again: a figure written there is the one used.
+    kept.write_text(json.dumps({k: 1.0 for k in saved}))
+    again = json.loads(roost_here("fit", "demo", "--json", env=env).stdout)
+    assert again["options"][0]["ceiling_tps"] < out["options"][0]["ceiling_tps"]
+    assert json.loads(kept.read_text()) == {k: 1.0 for k in saved}
+
+
+def test_search_passes_over_what_is_predicted_too_slow(roost_here):
+    # The 38 GB/s CPU box: small models reach 10 tok/s, large ones fit but crawl.
+    offers = json.loads(roost_here("search", "--json", machine="cpu_only.json").stdout)
+    slow = [o for o in offers if o["too_slow"]]
+    fast = [o for o in offers if o["pick"] and not o["too_slow"]]
+    assert slow and fast
+    assert all(o["fits"] == "full" and o["predicted_tps"] < 10 for o in slow)
+    assert all(o["predicted_tps"] >= 10 for o in fast)
+    assert all(o["predicted_tps"] < o["ceiling_tps"] for o in slow + fast)
+    table = roost_here("search", machine="cpu_only.json").stdout
+    for o in slow:
+        row = next(line for line in table.splitlines() if line.startswith(o["name"] + " "))  # the table's
+        assert "too slow" in row and f" {o['pick']} " not in row  # not offered as best here
+        assert f"{o['name']} {o['pick']}: fits, ~" in table and "predicted: too slow here (floor 10" in table
+    # A floor of 0 passes nothing over.
+    everything = json.loads(roost_here("search", "--json", "--min-speed", "0", machine="cpu_only.json").stdout)
+    assert not any(o["too_slow"] for o in everything)
+    one_error_line(roost_here("search", "--min-speed", "fast"), "--min-speed")
+    one_error_line(roost_here("fit", "demo", "--min-speed", "-1"), "--min-speed", "0 or more")
+
+
+def test_fit_of_a_named_model_below_the_floor_gives_it_with_a_warning(roost_here):
+    result = roost_here("fit", "demo", "--min-speed", "100000")
+    assert result.returncode == 0
+    assert "pick: Q4_1" in result.stdout
+    assert " Q4_1: fits, ~" in result.stdout and "too slow here (floor 100000" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("warning: ")
+    out = json.loads(roost_here("fit", "demo", "--min-speed", "100000", "--json").stdout)
+    assert out["pick"] == "Q4_1" and out["too_slow"] and out["min_tps"] == 100000
+    assert out["warnings"] and "too slow" in out["warnings"][0]
+    assert not json.loads(roost_here("fit", "demo", "--json").stdout)["warnings"]
+
+
+def test_pull_of_a_named_model_below_the_floor_warns_and_pulls(hub, home):
+    from conftest import NAME, roost_hub
+
+    pulled = roost_hub(hub, home, "pull", NAME, "--yes", "--min-speed", "100000")
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.strip().endswith(".gguf")
+    assert f"roost: warning: {NAME} " in pulled.stderr and "too slow here (floor 100000" in pulled.stderr

@@ -1,5 +1,7 @@
 """The fit planner: estimates checked against llama.cpp, picks on simulated machines."""
 
+import dataclasses
+
 import pytest
 
 from roost.machine import fit, model_memory
@@ -54,20 +56,71 @@ def test_8gb_m1_gets_a_3b_at_5_bits():
     assert r.budget.unified and r.budget.device == "Metal"
 
 
-def test_m3_max_runs_a_70b_only_at_3_bits():
+def test_m3_max_runs_a_70b_only_below_4_bits():
     r = rank("m3max64.json", LLAMA_70B, LLAMA_70B_QUANTS, 8192)
-    assert r.pick.quant.name == "Q3_K_M"
+    # Q3_K_M fits but is predicted at ~8 tok/s; Q2_K reaches the floor, below the ~3.5-bit
+    # cliff (roost fit and pull warn of it, with the smaller model at 4 bits).
+    assert by_name(r)["Q3_K_M"].fit == "full" and by_name(r)["Q3_K_M"].predicted_tps < fit.MIN_TPS
+    assert r.pick.quant.name == "Q2_K" and r.pick.low_bits and not r.too_slow
+    assert fit.rank(LLAMA_70B, quants(LLAMA_70B, LLAMA_70B_QUANTS), 8192, recorded("m3max64.json"),
+                    min_tps=5).pick.quant.name == "Q3_K_M"
     assert by_name(r)["Q4_K_M"].fit == "no"
     # Unified memory has no partial offload: a model fits in the pool or it does not.
     assert {o.fit for o in r.options} <= {"full", "no"}
 
 
 def test_cpu_box_prefers_a_quant_fast_enough_to_read():
+    # The 4090 box's CPU alone, 62 GB/s: a 3B at Q8_0 would decode at ~6 tok/s; Q5_K_M at ~11.
+    machine = recorded("rtx4090.json")
+    r = fit.rank(LLAMA_3B, quants(LLAMA_3B, LLAMA_3B_QUANTS), 8192, machine, use_gpu=False)
+    assert r.budget.device == "CPU"
+    assert by_name(r)["Q8_0"].fit == "full" and by_name(r)["Q8_0"].predicted_tps < fit.MIN_TPS
+    assert r.pick.quant.name == "Q5_K_M" and r.pick.predicted_tps >= fit.MIN_TPS and not r.too_slow
+    assert by_name(r)["Q6_K"].predicted_tps < fit.MIN_TPS
+    assert "Q8_0 would fit but decode at ~" in r.reason
+    # A lower floor takes a better quant; none at all, the best that fits.
+    assert fit.rank(LLAMA_3B, quants(LLAMA_3B, LLAMA_3B_QUANTS), 8192, machine, use_gpu=False,
+                    min_tps=0).pick.quant.name == "Q8_0"
+
+
+def test_predicted_speed_is_the_ceiling_at_the_share_decoding_reaches():
+    for machine, device in (("cpu_only.json", "CPU"), ("rtx4090.json", "CUDA"), ("m1_8gb.json", "Metal")):
+        r = rank(machine, LLAMA_3B, LLAMA_3B_QUANTS, 4096)
+        assert r.budget.device == device
+        for o in r.options:
+            if o.fit == "full":
+                assert o.predicted_tps == pytest.approx(o.ceiling_tps * fit.DECODE_SHARE[device])
+    # Split between GPU and RAM, each part is read at its own device's share: the whole is
+    # between the ceiling at one share and at the other.
+    q4 = by_name(rank("rtx4090.json", LLAMA_70B, LLAMA_70B_QUANTS, 8192))["Q4_K_M"]
+    low, high = sorted((fit.DECODE_SHARE["CPU"], fit.DECODE_SHARE["CUDA"]))
+    assert q4.fit == "partial" and q4.ceiling_tps * low < q4.predicted_tps < q4.ceiling_tps * high
+
+
+def test_nothing_fast_enough_keeps_quality_and_says_too_slow():
+    # An 8B on the 38 GB/s CPU box: Q8_0 and below fit, none is predicted at 10 tok/s. The
+    # pick is the fastest above the ~3.5-bit cliff, not Q2_K, and it is marked too slow.
     r = rank("cpu_only.json", LLAMA_8B, LLAMA_8B_QUANTS, 8192)
     assert by_name(r)["Q8_0"].fit == "full"
-    assert r.pick.quant.name == "Q4_K_M" and r.pick.ceiling_tps >= fit.USABLE_TPS
-    assert by_name(r)["Q5_K_M"].ceiling_tps < fit.USABLE_TPS
-    assert "too slowly" in r.reason
+    assert all(o.predicted_tps < fit.MIN_TPS for o in r.options if o.fit == "full")
+    assert r.pick.quant.name == "Q4_K_M" and r.too_slow and "nothing that fits" in r.reason
+    assert by_name(r)["Q3_K_M"].low_bits and by_name(r)["Q2_K"].low_bits and not r.pick.low_bits
+    # Where only quants below the cliff fit, the best of them.
+    low = {k: v for k, v in LLAMA_8B_QUANTS.items() if k in ("Q3_K_M", "Q2_K")}
+    assert rank("cpu_only.json", LLAMA_8B, low, 8192).pick.quant.name == "Q3_K_M"
+    # A bandwidth nobody measured predicts nothing, and holds nothing back.
+    unknown = fit.rank(LLAMA_8B, quants(LLAMA_8B, LLAMA_8B_QUANTS), 8192,
+                       dataclasses.replace(recorded("cpu_only.json"), cpu_bandwidth_gbs=None))
+    assert unknown.pick.quant.name == "Q8_0" and not unknown.too_slow and unknown.pick.predicted_tps is None
+
+
+@pytest.mark.parametrize("name, low", [("Q2_K", True), ("Q3_K_M", True), ("Q3_K_S", True), ("IQ3_XXS", True),
+                                       ("IQ2_M", True), ("IQ1_S", True), ("TQ1_0", True), ("3bit", True),
+                                       ("Q4_K_M", False), ("IQ4_XS", False), ("Q4_0", False), ("4bit", False),
+                                       ("MXFP4", False), ("Q8_0", False)])
+def test_quants_below_three_and_a_half_bits_by_type(name, low):
+    q = fit.Quant.from_size(LLAMA_8B, name, int(LLAMA_8B_QUANTS["Q4_K_M"]))  # its file size says 4.9 bits
+    assert fit.option(LLAMA_8B, q, 4096, fit.budget(recorded("cpu_only.json"))).low_bits is low
 
 
 def test_partial_offload_takes_as_many_layers_as_fit():

@@ -107,6 +107,24 @@ def _yes_option(command) -> None:
     command.add_argument("-y", "--yes", action="store_true", help=YES_HELP)
 
 
+def _min_speed_option(command) -> None:
+    from roost.machine.fit import MIN_TPS  # standard library only: light enough for every start
+
+    command.add_argument("--min-speed", type=_tok_per_s, default=MIN_TPS, metavar="TOK_S",
+                         help="the slowest predicted decode (tok/s) a pick may have; a slower one is passed over "
+                         f"as too slow, or given with a warning for a model named on its own (default: {MIN_TPS:g})")
+
+
+def _tok_per_s(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens a second") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def _json_option(command) -> None:
     command.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -200,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="plan for the GPU; an error if there is none (default: the GPU if there is one)")
     where.add_argument("--cpu", action="store_true", help="plan for the CPU alone (default: the GPU if there is one)")
     _json_option(fit)
+    _min_speed_option(fit)
     fit.set_defaults(handler=cmd_fit)
 
     pull = commands.add_parser("pull", help="download a model (the quant that fits here, unless one is named)",
@@ -211,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ctx_option(pull)
     _yes_option(pull)
     _engine_option(pull)
+    _min_speed_option(pull)
     pull.set_defaults(handler=cmd_pull)
 
     ls = commands.add_parser("ls", help="downloaded models",
@@ -234,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none, the whole catalog)")
     _ctx_option(search)
     _json_option(search)
+    _min_speed_option(search)
     search.set_defaults(handler=cmd_search)
 
     chat = commands.add_parser("chat", help="chat in the terminal app (the default command)",

@@ -38,7 +38,7 @@ def cmd_bench(args) -> int:
         if args.model is None:
             raise UsageError("give a model: roost bench MODEL (or --remote URL, or --history)")
         args.ctx = args.ctx or args.pp + args.tg + 64  # room for the runs, and no more memory than they need
-        model = prepare(args)
+        model = prepare(args, measure=True)  # its result is set beside the ceiling
         name = model.name
         loading = time.perf_counter()
         engine = load(model.path, model.plan, engine=model.engine)

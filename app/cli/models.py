@@ -12,13 +12,18 @@ from roost.errors import UsageError
 from roost.models.loading import DEFAULT_CTX
 
 
-def prepare(args, model: str | None = None):
+def prepare(args, model: str | None = None, measure: bool = False):
     """loading.prepare with what run, chat, serve and bench were given: MODEL, --ctx,
-    --engine, --gpu-layers, --threads, and -y for what is not downloaded yet."""
+    --engine, --gpu-layers, --threads, and -y for what is not downloaded yet. measure: the
+    command shows the decode ceiling (bench), so the memory bandwidth is measured if it
+    never was (hardware.detect)."""
+    from roost.machine import hardware
     from roost.models import loading
 
+    machine = hardware.detect(gpus=loading.can_offload(), measure=True) if measure else None
     return loading.prepare(args.model if model is None else model, ctx=args.ctx, engine=args.engine,
-                           gpu_layers=args.gpu_layers, threads=args.threads, fetch=downloads(yes=args.yes))
+                           gpu_layers=args.gpu_layers, threads=args.threads, machine=machine,
+                           fetch=downloads(yes=args.yes))
 
 
 def downloads(*, yes: bool):
@@ -37,7 +42,7 @@ def cmd_fit(args) -> int:
     from roost.machine import fit, hardware
     from roost.models import catalog, gguf_info, library, loading
 
-    machine = hardware.detect()
+    machine = hardware.detect(measure=True)
     if args.gpu and not (machine.gpus or machine.apple):
         why = "; ".join(machine.notes) or "none was found"
         raise UsageError(f"--gpu asked for, but this machine has no usable GPU ({why})")
@@ -62,15 +67,37 @@ def cmd_fit(args) -> int:
     else:
         raise UsageError("give one catalog name or Hub repo, or several local .gguf files of one model")
     n_ctx = loading.context(args.ctx, name, limit)
-    ranking = fit.rank(shape, quants, n_ctx, machine, use_gpu=not args.cpu)
+    ranking = fit.rank(shape, quants, n_ctx, machine, use_gpu=not args.cpu, min_tps=args.min_speed)
     # A catalog model may run on MLX instead of these GGUFs: which engine, and why.
     engine = loading.choose_engine(None, refs[0], machine, n_ctx) if refs[0].model and not args.cpu else None
+    notes = warnings(name, refs[0].model, ranking, machine, n_ctx)
     if args.json:
-        print(json.dumps({"model": name, **ranking.as_dict(), "engine": engine.as_dict() if engine else None},
-                         indent=2))
+        print(json.dumps({"model": name, **ranking.as_dict(), "engine": engine.as_dict() if engine else None,
+                          "warnings": notes}, indent=2))
     else:
-        print(report.ranking(name, shape, ranking) + (f"\n{engine.line}" if engine else ""))
+        print(report.ranking(name, shape, ranking) + "".join(f"\nwarning: {n}" for n in notes)
+              + (f"\n{engine.line}" if engine else ""))
     return 0 if ranking.pick or engine and engine.name == "mlx" else 1
+
+
+def warnings(name: str, model, ranking, machine, n_ctx: int) -> list[str]:
+    """What a named model's pick warns of: predicted below the floor, or below ~3.5 bits
+    a weight (then the catalog's smaller model of its family at 4 bits, if one fits)."""
+    from roost import report
+    from roost.models import listing
+
+    pick, notes = ranking.pick, []
+    if pick is None:
+        return notes
+    if ranking.too_slow:
+        notes.append(report.too_slow(name, ranking))
+    if pick.low_bits:
+        smaller = None
+        if model is not None:
+            offers = listing.catalog_offers(machine, n_ctx, min_tps=ranking.min_tps, family=model.family)
+            smaller = listing.smaller_at_4_bits(model.family, model.params, offers)
+        notes.append(report.low_bits(name, pick, smaller))
+    return notes
 
 
 def _ask_to_download(text: str, what: str, yes: bool, can_ask: bool) -> None:
@@ -87,7 +114,7 @@ def cmd_pull(args) -> int:
     from roost.machine import hardware
     from roost.models import catalog, library, loading, mlx_models
 
-    machine = hardware.detect()
+    machine = hardware.detect(measure=True)
     ref = catalog.resolve(args.model)
     if ref.path:
         raise UsageError(f"{args.model} is a local file: nothing to pull")
@@ -95,15 +122,18 @@ def cmd_pull(args) -> int:
     print(engine.line, file=sys.stderr)
     if engine.name == "mlx":
         if ref.model is not None and not ref.quant:  # the MLX builds ranked, as the GGUFs are below
-            ranking = mlx_models.rank(ref.model, machine, args.ctx or DEFAULT_CTX)
+            ranking = mlx_models.rank(ref.model, machine, args.ctx or DEFAULT_CTX, min_tps=args.min_speed)
             print(report.ranking(f"{ref.model.name} (MLX builds)", ref.model.shape(), ranking), file=sys.stderr)
+            _warn(warnings(ref.model.name, ref.model, ranking, machine, ranking.n_ctx))
         can_ask = sys.stdin is not None and sys.stdin.isatty()
         # as for a GGUF below: asked at a terminal, else pulled (pulling is what was asked for)
         print(loading.mlx_folder(ref, machine, args.ctx, downloads(yes=args.yes or not can_ask)))
         return 0
-    choice = library.choose(ref, machine, args.ctx or DEFAULT_CTX)
+    choice = library.choose(ref, machine, args.ctx or DEFAULT_CTX, args.min_speed)
     if choice.ranking is not None:
-        print(report.ranking(ref.model.name if ref.model else ref.repo, choice.shape, choice.ranking), file=sys.stderr)
+        name = ref.model.name if ref.model else ref.repo
+        print(report.ranking(name, choice.shape, choice.ranking), file=sys.stderr)
+        _warn(warnings(name, ref.model, choice.ranking, machine, choice.ranking.n_ctx))
     have = library.cached_path(choice.repo_id, choice.file)
     if have:
         print(have)
@@ -113,6 +143,11 @@ def cmd_pull(args) -> int:
             return 1
     print(pull_with_progress(lambda **kw: library.pull(choice.repo_id, choice.file, **kw)))
     return 0
+
+
+def _warn(notes: list[str]) -> None:
+    for n in notes:
+        print(f"roost: warning: {n}", file=sys.stderr)
 
 
 def cmd_ls(args) -> int:
@@ -160,15 +195,21 @@ def cmd_search(args) -> int:
     from roost.machine import hardware
     from roost.models import listing
 
-    offers = [o for o in listing.catalog_offers(hardware.detect(), args.ctx or DEFAULT_CTX) if o.matches(args.text)]
+    every = listing.catalog_offers(hardware.detect(measure=True), args.ctx or DEFAULT_CTX, min_tps=args.min_speed)
+    offers = [o for o in every if o.matches(args.text)]
     if args.json:
         print(json.dumps([o.as_dict() for o in offers], indent=2))
     elif not offers:
         print(f"nothing in the catalog matches {' '.join(args.text)!r}")
         return 1
     else:
-        rows = [["name", "family", "params", "kind", "best here", "fits", "ceiling"]]
-        rows += [[o.name, o.family, report.params(o.params), o.kind, o.pick.quant.name if o.pick else "—",
-                  report.best_fit(o), report.ceiling(o.pick)] for o in offers]
+        rows = [["name", "family", "params", "kind", "best here", "fits", "ceiling", "predicted"]]
+        rows += [[o.name, o.family, report.params(o.params), o.kind,
+                  o.pick.quant.name if o.pick and not o.too_slow else "—", report.listed_fit(o),
+                  report.ceiling(o.pick), report.predicted(o.pick)] for o in offers]
         print(report.table(rows))
+        notes = [report.too_slow(o.name, o.ranking) for o in offers if o.too_slow]
+        notes += [report.low_bits(o.name, o.pick, listing.smaller_at_4_bits(o.family, o.params, every))
+                  for o in offers if o.pick and o.pick.low_bits and not o.too_slow]
+        print("".join(f"\n{n}" for n in notes), end="\n" if notes else "")
     return 0

@@ -4,21 +4,42 @@ A machine's budget (the memory a model may use, and how fast each kind reads) ag
 each quant's memory and bytes per token (model_memory.py) gives every quant a place (all
 on the fast memory, split between GPU and CPU, on the CPU, or nowhere) and a decode
 ceiling. The ceiling is physics: each token reads every active weight (and the KV cache)
-once, so tok/s <= bandwidth / bytes read per token. The ranking picks the best quality
-that fits and decodes fast enough to read along with.
+once, so tok/s <= bandwidth / bytes read per token. Decoding reaches a share of that
+(DECODE_SHARE): the ceiling times the share is the predicted rate. The ranking picks the
+best quality that fits and is predicted to decode at least a floor (MIN_TPS) fast.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from roost.machine.hardware import GiB, Machine
 from roost.machine.model_memory import (CUDA_CONTEXT, MiB, Estimate, Quant, Shape, bytes_per_token, estimate,
                                         unified_estimate)
 
-# Below this ceiling a quant is too slow to read along with (people read 5-8 tok/s, and
-# real decoding reaches 50-90% of the ceiling): a faster quant is preferred to it.
-USABLE_TPS = 8.0
+# The share of the bandwidth ceiling llama.cpp's decoding reaches, by device, as measured
+# (prediction = ceiling × share; bench/predicted_speed.py checks it against roost bench):
+# - CPU: 0.41, `roost bench` of the demo model on a 2-core EPYC box (the README's "41 % on
+#   a small CPU"; bench/predicted_speed.py measures it again on whatever machine runs it).
+# - CUDA: 0.31, an 8B Q4_0 on an H100 (docs/cuda.md: 256 tok/s of an 829 tok/s ceiling).
+#   Small models on big GPUs reach less (the 135M demo: 0.02), where each token's fixed
+#   cost rules; a consumer card's share is not measured here.
+# - Metal: 0.70, the median of llama.cpp's Apple Silicon table (ggml-org/llama.cpp
+#   discussion #4167, Llama 2 7B Q4_0 tg128 against each chip's spec-sheet bandwidth:
+#   0.45 on an M2 Ultra to 0.84 on an M2; read from copies of the table, not the thread).
+# Where part of a model is read from RAM and part from the GPU, each part is read at its
+# own device's share.
+DECODE_SHARE = {"CPU": 0.41, "CUDA": 0.31, "Metal": 0.70}
+# Predicted decode below this is too slow to be a pick (people read 5-8 tok/s; a reply
+# that streams slower than reading is a wait). `--min-speed` changes it.
+MIN_TPS = 10.0
+# Below about 3.5 bits a weight quality falls off a cliff (llama.cpp's perplexity tables
+# for Q3_K_S, Q2_K and the IQ2/IQ3 types), where a smaller model at 4 bits usually wins.
+LOW_BITS = 3.5
+# Quant types below LOW_BITS by their design, even where a file's mixed tensors average
+# more (a Q3_K_M file is ~3.9 bits a weight over the whole file).
+LOW_BIT_QUANT = re.compile(r"^(I?Q[123]_|IQ[123]|TQ[12]_|[123]-?bit$)", re.I)
 # Quality gains stop being measurable above 8-bit quants: Q8_0 and F16 rank equal,
 # and the smaller (faster) one wins.
 QUALITY_CAP_BPW = 8.5
@@ -87,6 +108,12 @@ class Option:
     ceiling_tps: float | None
     bits_per_weight: float
     why_not: str = ""
+    predicted_tps: float | None = None  # the ceiling at the share decoding reaches (DECODE_SHARE)
+
+    @property
+    def low_bits(self) -> bool:
+        """Below the ~3.5 bits a weight where quality falls off."""
+        return bool(LOW_BIT_QUANT.match(self.quant.name)) or 0 < self.bits_per_weight < LOW_BITS
 
     def as_dict(self) -> dict:
         return {
@@ -98,22 +125,30 @@ class Option:
             "n_gpu_layers": self.n_gpu_layers,
             "memory": self.estimate.as_dict(),
             "ceiling_tps": round(self.ceiling_tps, 1) if self.ceiling_tps else None,
+            "predicted_tps": round(self.predicted_tps, 1) if self.predicted_tps else None,
+            "low_bits": self.low_bits,
             "why_not": self.why_not or None,
         }
 
 
-def ceiling(shape: Shape, quant: Quant, b: Budget, n_gpu_layers: int, ctx_used: int = 0) -> float | None:
+def ceiling(shape: Shape, quant: Quant, b: Budget, n_gpu_layers: int, ctx_used: int = 0,
+            predicted: bool = False) -> float | None:
+    """Decode tok/s at most: each part of the model read once a token at its memory's
+    bandwidth. predicted: at the share of it llama.cpp reaches there (DECODE_SHARE)."""
     layers, output = bytes_per_token(shape, quant, ctx_used)
     L = shape.n_layer
     k = L + 1 if n_gpu_layers < 0 else min(n_gpu_layers, L + 1)
     on_gpu = sum(layers[L - min(k, L):]) + (output if k > L else 0)
     on_host = sum(layers) + output - on_gpu
+    # On unified memory the GPU reads it all; a CPU budget has no GPU part.
+    gpu_share, host_share = (DECODE_SHARE[b.device], DECODE_SHARE["Metal" if b.unified else "CPU"]) \
+        if predicted else (1.0, 1.0)
     seconds = 0.0
-    for nbytes, gbs in ((on_gpu, b.gpu_bandwidth_gbs), (on_host, b.host_bandwidth_gbs)):
+    for nbytes, gbs, share in ((on_gpu, b.gpu_bandwidth_gbs, gpu_share), (on_host, b.host_bandwidth_gbs, host_share)):
         if nbytes:
             if not gbs:
                 return None
-            seconds += nbytes / (gbs * 1e9)
+            seconds += nbytes / (gbs * 1e9 * share)
     return 1 / seconds if seconds else None
 
 
@@ -121,7 +156,8 @@ def option(shape: Shape, quant: Quant, n_ctx: int, b: Budget) -> Option:
     bpw = quant.bits_per_weight(shape)
 
     def make(fit: str, k: int, est: Estimate, why: str = "") -> Option:
-        return Option(quant, fit, k, est, ceiling(shape, quant, b, k), bpw, why)
+        return Option(quant, fit, k, est, ceiling(shape, quant, b, k), bpw, why,
+                      ceiling(shape, quant, b, k, predicted=True))
 
     if b.unified or b.device == "CPU":
         k = -1 if b.unified else 0
@@ -155,28 +191,51 @@ class Ranking:
     reason: str
     budget: Budget
     n_ctx: int = 0
+    min_tps: float = MIN_TPS
+
+    @property
+    def too_slow(self) -> bool:
+        """The pick fits but is predicted to decode below the floor: a listing passes it
+        over; a model named on its own is still given, with a warning."""
+        p = self.pick
+        return p is not None and p.predicted_tps is not None and p.predicted_tps < self.min_tps
 
     def as_dict(self) -> dict:
         return {"n_ctx": self.n_ctx, "budget": self.budget.as_dict(), "options": [o.as_dict() for o in self.options],
-                "pick": self.pick.quant.name if self.pick else None, "reason": self.reason}
+                "pick": self.pick.quant.name if self.pick else None, "reason": self.reason,
+                "min_tps": self.min_tps, "too_slow": self.too_slow}
 
 
-def rank(shape: Shape, quants: list[Quant], n_ctx: int, machine: Machine, use_gpu: bool = True) -> Ranking:
+def tps(value: float | None) -> str:
+    """A predicted rate as the reasons say it: whole numbers, but not 0."""
+    return "?" if value is None else f"{value:.0f}" if value >= 9.5 else f"{value:.1f}"
+
+
+def rank(shape: Shape, quants: list[Quant], n_ctx: int, machine: Machine, use_gpu: bool = True,
+         min_tps: float = MIN_TPS) -> Ranking:
     b = budget(machine, use_gpu)
     options = sorted((option(shape, q, n_ctx, b) for q in quants), key=lambda o: -o.quant.file_bytes)
     by_quality = sorted(options, key=lambda o: (-min(o.bits_per_weight, QUALITY_CAP_BPW), o.quant.file_bytes))
     where = {"CUDA": f"the {b.device_name}'s free VRAM", "Metal": f"the {b.device_name}'s unified memory",
              "CPU": "free RAM"}[b.device]
     full = [o for o in by_quality if o.fit == "full"]
-    usable = [o for o in full if o.ceiling_tps is None or o.ceiling_tps >= USABLE_TPS]
+    # Unknown bandwidth predicts nothing: such a quant is not held back.
+    usable = [o for o in full if o.predicted_tps is None or o.predicted_tps >= min_tps]
+    floor = f"{min_tps:g} tok/s"
     if usable:
         pick = usable[0]
         reason = f"{pick.quant.name} is the best quality that fits entirely in {where} at {n_ctx} tokens of context"
         if pick is not full[0]:
-            reason += f" and decodes at least {USABLE_TPS:.0f} tok/s ({full[0].quant.name} would fit but reads too slowly)"
+            reason += (f" and is predicted to decode at least {floor} (~{tps(pick.predicted_tps)}); "
+                       f"{full[0].quant.name} would fit but decode at ~{tps(full[0].predicted_tps)} tok/s")
     elif full:
-        pick = max(full, key=lambda o: o.ceiling_tps or 0)
-        reason = f"{pick.quant.name} fits in {where} and is the fastest that does; nothing fitting reaches {USABLE_TPS:.0f} tok/s"
+        # Nothing reaches the floor: the fastest that keeps its quality (at LOW_BITS or
+        # more), else the best of the low-bit ones; speed lost either way, not quality too.
+        sound = [o for o in full if not o.low_bits]
+        pick = max(sound, key=lambda o: o.predicted_tps or 0) if sound else full[0]
+        reason = (f"{pick.quant.name} fits in {where}, but nothing that fits is predicted to decode {floor} here "
+                  f"(~{tps(pick.predicted_tps)} tok/s); " +
+                  ("it is the fastest at 3.5 bits a weight or more" if sound else "it is the best quality that fits"))
     else:
         split = [o for o in options if o.fit in ("partial", "cpu")]
         if split:
@@ -189,12 +248,13 @@ def rank(shape: Shape, quants: list[Quant], n_ctx: int, machine: Machine, use_gp
             reason = "nothing fits at this context" + (
                 f": the smallest, {smallest.quant.name}, {smallest.why_not}; try a smaller --ctx or a smaller model"
                 if smallest else "")
-    return Ranking(options, pick, reason, b, n_ctx)
+    return Ranking(options, pick, reason, b, n_ctx, min_tps)
 
 
-def for_gguf(info, n_ctx: int, machine: Machine, use_gpu: bool = True) -> tuple[Shape, Ranking]:
+def for_gguf(info, n_ctx: int, machine: Machine, use_gpu: bool = True,
+             min_tps: float = MIN_TPS) -> tuple[Shape, Ranking]:
     shape = Shape.from_gguf(info)
-    return shape, rank(shape, [Quant.from_gguf(info, shape)], n_ctx, machine, use_gpu)
+    return shape, rank(shape, [Quant.from_gguf(info, shape)], n_ctx, machine, use_gpu, min_tps)
 
 
 def largest_context(shape: Shape, quant: Quant, b: Budget, up_to: int) -> int:

@@ -219,8 +219,15 @@ class Probe:
         size = info.get("max_recommended_working_set_size")
         return int(size) if size else None
 
-    def measured_cpu_bandwidth(self) -> float | None:
-        return bandwidth.load_measured(self.cpu()["model"])
+    def measured_cpu_bandwidth(self, measure: bool = False) -> float | None:
+        """The kept measurement for this CPU; measure: if there is none, measure it now
+        and keep it (bandwidth.measure: well under a second, once per machine)."""
+        model = self.cpu()["model"]
+        kept = bandwidth.load_measured(model)
+        if kept is None and measure:
+            kept = round(bandwidth.measure(default_threads(self)), 2)
+            bandwidth.save_measured(kept, model)
+        return kept
 
     def cuda_toolkit(self) -> str | None:
         """The CUDA toolkit's version, which a CUDA build of llama.cpp is compiled with."""
@@ -267,8 +274,8 @@ class RecordedProbe(Probe):
     def metal_working_set(self):
         return self.readings.get("metal_working_set")
 
-    def measured_cpu_bandwidth(self):
-        return self.readings.get("cpu_bandwidth_gbs")
+    def measured_cpu_bandwidth(self, measure: bool = False):
+        return self.readings.get("cpu_bandwidth_gbs")  # a recorded machine cannot be measured here
 
     def cuda_toolkit(self):
         return self.readings.get("cuda_toolkit")
@@ -320,9 +327,13 @@ def _ram(probe: Probe, os_name: str) -> tuple[int, int]:
     return total, available
 
 
-def detect(probe: Probe | None = None, gpus: bool = True) -> Machine:
+def detect(probe: Probe | None = None, gpus: bool = True, measure: bool = False) -> Machine:
     """The machine now. gpus=False skips asking vendor libraries, for callers that
-    cannot use a GPU anyway (a CPU-only engine build)."""
+    cannot use a GPU anyway (a CPU-only engine build). measure: the commands that show a
+    decode ceiling (fit, search, pull, bench, the model list) measure the CPU's memory
+    bandwidth the first time, inline: it takes a fraction of a second once per machine,
+    and the first answer then has its ceiling, which a background measurement would only
+    give the next one. `roost run` shows no ceiling and never pays for it."""
     probe = probe or default_probe()
     os_name, arch, rosetta = _platform(probe)
     cpu = probe.cpu()
@@ -374,7 +385,8 @@ def detect(probe: Probe | None = None, gpus: bool = True) -> Machine:
         ram_available_bytes=available,
         gpus=found,
         apple=apple,
-        cpu_bandwidth_gbs=probe.measured_cpu_bandwidth(),
+        # Apple Silicon's ceiling is the chip's own bandwidth (the table): nothing to measure.
+        cpu_bandwidth_gbs=probe.measured_cpu_bandwidth(measure=measure and apple is None),
         notes=tuple(notes),
         rosetta=rosetta,
         cpu_flags=tuple(sorted(flags)),

@@ -58,15 +58,17 @@ def _first_bytes(session, url: str, headers: dict, n: int, raise_for_status) -> 
     return b"".join(chunks)[:n]
 
 
-def choose(ref: Ref, machine, n_ctx: int) -> Choice:
+def choose(ref: Ref, machine, n_ctx: int, min_tps: float = fit.MIN_TPS) -> Choice:
     """The file to use for a catalog or Hub reference: the one asked for, else the fit
-    planner's pick for this machine."""
+    planner's pick for this machine. A model named on its own is given even when its pick
+    is predicted below min_tps (the ranking says so: Ranking.too_slow), as the named model
+    is what was asked for."""
     if ref.model is not None:
         model = ref.model
         if ref.quant:
             return Choice(model.gguf_repo, model.file_for(ref.quant), None, model.shape())
         shape = model.shape()
-        ranking = fit.rank(shape, model.quants(), min(n_ctx, model.context), machine)
+        ranking = fit.rank(shape, model.quants(), min(n_ctx, model.context), machine, min_tps=min_tps)
         return Choice(model.gguf_repo, _picked(ranking, model.gguf, model.name), ranking, shape)
 
     files = catalog.list_repo_gguf(ref.repo)
@@ -84,7 +86,7 @@ def choose(ref: Ref, machine, n_ctx: int) -> Choice:
         return Choice(ref.repo, files[0], None, None)
     shape = remote_shape(ref.repo, min(files, key=lambda f: f.size).files[0])
     quants = [fit.Quant.from_size(shape, f.quant, f.size) for f in files]
-    ranking = fit.rank(shape, quants, min(n_ctx, shape.n_ctx_train or n_ctx), machine)
+    ranking = fit.rank(shape, quants, min(n_ctx, shape.n_ctx_train or n_ctx), machine, min_tps=min_tps)
     return Choice(ref.repo, _picked(ranking, files, ref.repo), ranking, shape)
 
 

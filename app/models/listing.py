@@ -36,7 +36,14 @@ class Offer:
 
         return {"name": self.name, "family": self.family, "params": self.params, "kind": self.kind,
                 "pick": self.pick.quant.name if self.pick else None, "fits": report.best_fit(self),
-                "ceiling_tps": self.pick.ceiling_tps if self.pick else None}
+                "ceiling_tps": self.pick.ceiling_tps if self.pick else None,
+                "predicted_tps": round(self.pick.predicted_tps, 1) if self.pick and self.pick.predicted_tps else None,
+                "too_slow": self.too_slow, "low_bits": bool(self.pick and self.pick.low_bits)}
+
+    @property
+    def too_slow(self) -> bool:
+        """Its pick fits but is predicted below the floor: a listing passes it over."""
+        return bool(self.ranking and self.ranking.too_slow)
 
     def matches(self, words: list[str]) -> bool:
         text = " ".join((self.name, self.family, self.description, self.kind)).lower()
@@ -46,22 +53,23 @@ class Offer:
         return next(f for f in self.files if f.quant == quant)
 
 
-def catalog_offers(machine, n_ctx: int, have=()) -> list[Offer]:
-    """Every downloadable catalog model, ranked for this machine; `have` (library.downloaded())
-    marks the quants already on disk."""
+def catalog_offers(machine, n_ctx: int, have=(), min_tps: float = fit.MIN_TPS,
+                   family: str | None = None) -> list[Offer]:
+    """Every downloadable catalog model (of one family, if given), ranked for this machine
+    with min_tps its floor; `have` (library.downloaded()) marks the quants already on disk."""
     on_disk = {(d.repo_id.lower(), d.filename): d.path for d in have}
     offers = []
     for m in catalog.models().values():
-        if m.bundled:
+        if m.bundled or family is not None and m.family.lower() != family.lower():
             continue
         local = {g.quant: on_disk[key] for g in m.gguf if (key := (m.gguf_repo.lower(), g.file)) in on_disk}
-        ranking = fit.rank(m.shape(), m.quants(), min(n_ctx, m.context), machine)
+        ranking = fit.rank(m.shape(), m.quants(), min(n_ctx, m.context), machine, min_tps=min_tps)
         offers.append(Offer(m.name, m.family, m.params, m.kind, m.description, m.gguf_repo, m.gguf, ranking,
                             m.arch["n_layer"], local))
     return offers
 
 
-def mlx_offers(machine, n_ctx: int) -> list[Offer]:
+def mlx_offers(machine, n_ctx: int, min_tps: float = fit.MIN_TPS) -> list[Offer]:
     """The catalog's models that have MLX builds, each build sized from the parameter
     count; `local` marks the builds already downloaded."""
     from roost.models import mlx_models
@@ -73,10 +81,28 @@ def mlx_offers(machine, n_ctx: int) -> list[Offer]:
         builds = mlx_models.builds(m)
         files = tuple(GgufFile(q.name, repo, q.file_bytes) for repo, q in builds)
         local = {q.name: folder for repo, q in builds if (folder := mlx_models.cached_dir(repo))}
-        ranking = fit.rank(m.shape(), [q for _, q in builds], min(n_ctx, m.context), machine)
+        ranking = fit.rank(m.shape(), [q for _, q in builds], min(n_ctx, m.context), machine, min_tps=min_tps)
         offers.append(Offer(m.name, m.family, m.params, m.kind, m.description, None, files, ranking,
                             m.arch["n_layer"], local, engine="mlx"))
     return offers
+
+
+def smaller_at_4_bits(family: str, params: float, offers: list[Offer]) -> tuple[Offer, fit.Option] | None:
+    """For a pick below ~3.5 bits a weight: the largest model of the family smaller than
+    `params` among `offers` with a quant at 4 bits or more that fits whole here and reaches
+    the floor, and that quant; None if the catalog has none."""
+    found = []
+    for o in offers:
+        if o.ranking is None or o.family.lower() != family.lower() or not 0 < o.params < params:
+            continue
+        r = o.ranking
+        good = [q for q in r.options if q.fit == "full" and not q.low_bits
+                and (q.predicted_tps is None or q.predicted_tps >= r.min_tps)]
+        if good:
+            # the one the planner would take, else the best quality of them
+            found.append((o, o.pick if o.pick in good else
+                          max(good, key=lambda q: (min(q.bits_per_weight, fit.QUALITY_CAP_BPW), -q.quant.file_bytes))))
+    return max(found, key=lambda f: f[0].params, default=None)
 
 
 def local_offers(machine, n_ctx: int, have=()) -> list[Offer]:

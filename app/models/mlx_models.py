@@ -177,9 +177,9 @@ def builds(model: Model) -> list[tuple[str, fit.Quant]]:
     return out
 
 
-def rank(model: Model, machine, n_ctx: int) -> fit.Ranking:
+def rank(model: Model, machine, n_ctx: int, min_tps: float = fit.MIN_TPS) -> fit.Ranking:
     """The fit planner's ranking of a catalog model's MLX builds on this machine."""
-    return fit.rank(model.shape(), [q for _, q in builds(model)], min(n_ctx, model.context), machine)
+    return fit.rank(model.shape(), [q for _, q in builds(model)], min(n_ctx, model.context), machine, min_tps=min_tps)
 
 
 def best(ranking: fit.Ranking) -> fit.Option | None:

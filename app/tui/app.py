@@ -52,7 +52,8 @@ class RoostApp(App):
             from roost.machine import hardware
             from roost.models import loading
 
-            self.machine = hardware.detect(gpus=loading.can_offload())
+            # the model list shows each model's ceiling: measured here once, if never before
+            self.machine = hardware.detect(gpus=loading.can_offload(), measure=True)
         return self.machine
 
     def pick_model(self, engine: str) -> None:

@@ -23,9 +23,11 @@ from roost.errors import RoostError
 FIT_STYLE = {"full": "green", "partial": "yellow", "cpu": "yellow", "no": "red"}
 
 
-def _fit_cell(option, n_layer: int) -> Text:
+def _fit_cell(option, n_layer: int, too_slow: bool = False) -> Text:
     if option is None:
         return Text("no", style="red")
+    if too_slow:  # it fits, but is predicted below the floor (fit.MIN_TPS)
+        return Text("too slow", style="yellow")
     return Text(report.fits(option, n_layer), style=FIT_STYLE[option.fit])
 
 
@@ -79,7 +81,7 @@ class ModelScreen(Screen[str | None]):
             have = library.downloaded()
             offers = listing.local_offers(self.machine, self.n_ctx, have) + listing.catalog_offers(self.machine, self.n_ctx, have)
         self.offers = {o.name: o for o in offers}
-        self.query_one("#models", DataTable).add_columns("model", "params", "best here", "fits", "ceiling", "on disk")
+        self.query_one("#models", DataTable).add_columns("model", "params", "best here", "fits", "predicted", "on disk")
         self.query_one("#quants", DataTable).add_columns(*report.QUANT_HEADER, "on disk")
         self._fill("")
         self.query_one("#download").display = False
@@ -91,8 +93,9 @@ class ModelScreen(Screen[str | None]):
         for o in self.offers.values():
             if o.matches(text.split()):
                 table.add_row(o.name, report.params(o.params) if o.params else "?",
-                              o.pick.quant.name if o.pick else "—", _fit_cell(o.pick, o.n_layer),
-                              report.ceiling(o.pick), "✓" if o.local else "", key=o.name)
+                              o.pick.quant.name if o.pick and not o.too_slow else "—",
+                              _fit_cell(o.pick, o.n_layer, o.too_slow), report.predicted(o.pick),
+                              "✓" if o.local else "", key=o.name)
         if not table.row_count:
             self.query_one("#why", Static).update(f"nothing matches {text!r}")
             self.query_one("#quants", DataTable).clear()
@@ -136,7 +139,15 @@ class ModelScreen(Screen[str | None]):
             quants.add_row(*row, "✓" if opt.quant.name in o.local else "", key=opt.quant.name)
         if o.pick:
             quants.move_cursor(row=quants.get_row_index(o.pick.quant.name))
-        pick = f"pick: {o.pick.quant.name} — {o.ranking.reason}" if o.pick else f"nothing to pick: {o.ranking.reason}"
+        if o.too_slow:
+            pick = report.too_slow(o.name, o.ranking)
+        elif o.pick:
+            pick = f"pick: {o.pick.quant.name} — {o.ranking.reason}"
+            if o.pick.low_bits:
+                smaller = listing.smaller_at_4_bits(o.family, o.params, list(self.offers.values()))
+                pick += "\n" + report.low_bits(o.name, o.pick, smaller)
+        else:
+            pick = f"nothing to pick: {o.ranking.reason}"
         self.query_one("#why", Static).update(f"{o.description}\n{pick}" if o.description else pick)
 
     @on(DataTable.RowSelected, "#models")

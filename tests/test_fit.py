@@ -197,3 +197,27 @@ def test_roost_fit_says_which_engine_runs_a_catalog_model_and_why(monkeypatch, c
     assert engine == {"engine": "llama", "label": "llama.cpp on Metal", "why": "Q8_0 is a GGUF quant"}
     assert cli.main(["fit", "qwen2.5-7b", "--cpu", "--json"]) == 0  # planned for the CPU: no engine to choose
     assert json.loads(capsys.readouterr().out)["engine"] is None
+
+
+def test_a_pick_below_four_bits_names_the_smaller_model_of_its_family_at_4_bits():
+    from roost import report
+    from roost.models.listing import Offer, smaller_at_4_bits
+
+    # The 64 GB M3 Max: a 70B reaches the floor only at Q2_K; the 8B of the family at 8 bits.
+    machine = recorded("m3max64.json")
+
+    def offer(name, family, shape, sizes):
+        ranking = fit.rank(shape, quants(shape, sizes), 8192, machine)
+        return Offer(name, family, shape.n_params, "chat", "", "r/r", (), ranking, shape.n_layer)
+
+    big = offer("llama-70b", "Llama", LLAMA_70B, LLAMA_70B_QUANTS)
+    small = offer("llama-8b", "Llama", LLAMA_8B, LLAMA_8B_QUANTS)
+    other = offer("other-8b", "Other", LLAMA_8B, LLAMA_8B_QUANTS)
+    assert big.pick.low_bits and not small.pick.low_bits
+    found, q = smaller_at_4_bits(big.family, big.params, [big, small, other])
+    assert found is small and q is small.pick
+    line = report.low_bits(big.name, big.pick, (found, q))
+    assert f"llama-70b {big.pick.quant.name} is " in line and "below ~3.5" in line
+    assert f"llama-8b at {small.pick.quant.name} fits here too, ~" in line
+    assert smaller_at_4_bits("Llama", LLAMA_8B.n_params, [big, small]) is None  # nothing smaller
+    assert report.low_bits(big.name, big.pick).endswith("quality falls off")

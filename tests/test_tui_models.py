@@ -142,3 +142,27 @@ def test_escape_cancels_a_download_and_keeps_nothing(hub, home, monkeypatch):
         await until(pilot, lambda: isinstance(app.screen, StartScreen))
 
     run_app(scenario, monkeypatch, "cpu_only.json")
+
+
+def test_list_shows_predicted_speed_and_passes_over_what_is_too_slow(hub, home, monkeypatch):
+    """On the 38 GB/s CPU box: each model's predicted tok/s; one that fits but is predicted
+    below the floor is not offered as best here, and its line says why."""
+    in_process(hub, home, monkeypatch)
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        shown = rows(screen)
+        slow = [o for o in screen.offers.values() if o.too_slow]
+        fast = [o for o in screen.offers.values() if o.pick and not o.too_slow and o.pick.predicted_tps]
+        assert slow and fast
+        for o in fast:
+            assert shown[o.name][2] == o.pick.quant.name and shown[o.name][4].startswith("~")
+        o = slow[0]
+        assert shown[o.name][2] == "—" and shown[o.name][3] == "too slow" and shown[o.name][4].endswith("tok/s")
+        await pilot.press(*o.name, "enter")
+        await pilot.pause()
+        why = str(screen.query_one("#why").render())
+        assert f"{o.name} {o.pick.quant.name}: fits, ~" in why and "too slow here (floor 10" in why
+        assert "predicted" in [str(c.label) for c in screen.query_one("#quants").columns.values()]
+
+    run_app(scenario, monkeypatch, "cpu_only.json")

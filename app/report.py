@@ -83,8 +83,9 @@ def low_bits(name: str, option, smaller=None) -> str:
     """A pick below ~3.5 bits a weight, and the smaller model at 4 bits or more, if any."""
     from roost.machine.fit import tps
 
-    line = (f"{name} {option.quant.name} is {option.bits_per_weight:.1f} bits a weight: below ~3.5, quality "
-            f"falls off")
+    # A file's average counts the tensors kept wider (a Q3_K_M file is ~3.9 bits a weight):
+    # the type, not that figure, says where most weights are.
+    line = f"{name} {option.quant.name} quantizes most weights below ~3.5 bits, where quality falls off"
     if smaller:
         offer, q = smaller
         speed = f", ~{tps(q.predicted_tps)} tok/s predicted" if q.predicted_tps else ""

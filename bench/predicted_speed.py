@@ -13,7 +13,7 @@ so that the 10 tok/s floor (fit.MIN_TPS) passes over what really crawls.
     .venv/bin/python bench/predicted_speed.py [--model PATH ...] [-r 3] [-n 64]
 
 Without --model: the bundled SmolLM2-135M and two synthetic llama models the tests build
-(random weights, real shapes: ~0.5B at Q8_0 and ~1B at Q4_0), which read as many bytes
+(random weights, real shapes: ~0.5B at Q8_0, ~1B and ~3B at Q4_0), which read as many bytes
 a token as real models of their size. On a shared machine, run it when nothing else is.
 """
 
@@ -27,9 +27,10 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (n_layer, n_embd, n_head, n_head_kv, n_ff, qtype): shapes of Qwen2.5-0.5B and Llama-3.2-1B
+# (n_layer, n_embd, n_head, n_head_kv, n_ff, qtype): shapes of Qwen2.5-0.5B, Llama-3.2-1B and Qwen2.5-3B
 SYNTHETIC = {"synthetic-0.5B-Q8_0": (24, 896, 14, 2, 4864, "Q8_0"),
-             "synthetic-1B-Q4_0": (16, 2048, 32, 8, 8192, "Q4_0")}
+             "synthetic-1B-Q4_0": (16, 2048, 32, 8, 8192, "Q4_0"),
+             "synthetic-3B-Q4_0": (36, 2048, 16, 2, 11008, "Q4_0")}
 
 
 def roost(*args: str, env: dict) -> dict:

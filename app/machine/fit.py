@@ -20,8 +20,11 @@ from roost.machine.model_memory import (CUDA_CONTEXT, MiB, Estimate, Quant, Shap
 
 # The share of the bandwidth ceiling llama.cpp's decoding reaches, by device, as measured
 # (prediction = ceiling × share; bench/predicted_speed.py checks it against roost bench):
-# - CPU: 0.41, `roost bench` of the demo model on a 2-core EPYC box (the README's "41 % on
-#   a small CPU"; bench/predicted_speed.py measures it again on whatever machine runs it).
+# - CPU: 0.70 of the bandwidth roost measures (bandwidth.measure), from
+#   bench/predicted_speed.py on a 2-core EPYC box (25 GB/s): 0.59 for a 0.4 GB model,
+#   0.72 at 0.6 GB, 0.85 at 1.5 GB. Each token also has a fixed cost, which rules for tiny
+#   models (the 94 MiB demo reached 0.30, the README's "41 % on a small CPU" on a quieter
+#   day) and fades for the models near the floor; 0.70 errs on the slow side for those.
 # - CUDA: 0.31, an 8B Q4_0 on an H100 (docs/cuda.md: 256 tok/s of an 829 tok/s ceiling).
 #   Small models on big GPUs reach less (the 135M demo: 0.02), where each token's fixed
 #   cost rules; a consumer card's share is not measured here.
@@ -30,7 +33,7 @@ from roost.machine.model_memory import (CUDA_CONTEXT, MiB, Estimate, Quant, Shap
 #   0.45 on an M2 Ultra to 0.84 on an M2; read from copies of the table, not the thread).
 # Where part of a model is read from RAM and part from the GPU, each part is read at its
 # own device's share.
-DECODE_SHARE = {"CPU": 0.41, "CUDA": 0.31, "Metal": 0.70}
+DECODE_SHARE = {"CPU": 0.70, "CUDA": 0.31, "Metal": 0.70}
 # Predicted decode below this is too slow to be a pick (people read 5-8 tok/s; a reply
 # that streams slower than reading is a wait). `--min-speed` changes it.
 MIN_TPS = 10.0

@@ -1,7 +1,7 @@
 """Measured CPU memory bandwidth: the ceiling's numerator where no table has the figure.
 
-`roost doctor --measure` runs the probe and keeps the result per CPU model, so `roost fit`
-can use it afterwards. The caller names the CPU model (hardware.Probe reads it), so this
+The commands that show a ceiling measure it the first time (hardware.detect(measure=True)),
+and `roost doctor --measure` again; the result is kept per CPU model. The caller names the CPU model (hardware.Probe reads it), so this
 module needs nothing from hardware and hardware can ask it for the figure.
 """
 
@@ -17,9 +17,11 @@ from roost.paths import bandwidth_file
 MiB = 1024**2
 
 
-def measure(threads: int, mib_per_thread: int = 128, rounds: int = 5) -> float:
+def measure(threads: int, mib_per_thread: int = 128, rounds: int = 10) -> float:
     """Read bandwidth in GB/s: each thread sums its own array, larger than any cache,
-    as decoding reads weights. numpy releases the GIL for the reduction."""
+    as decoding reads weights. numpy releases the GIL for the reduction. Filling the
+    arrays takes most of the time (0.2-0.8 s on a 2-core box); a round is ~10 ms, and the
+    best of ten is steadier than of five where other programs share the cores."""
     import numpy as np
 
     arrays = [np.ones(mib_per_thread * MiB // 8) for _ in range(threads)]

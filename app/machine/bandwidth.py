@@ -1,8 +1,9 @@
 """Measured CPU memory bandwidth: the ceiling's numerator where no table has the figure.
 
 The commands that show a ceiling measure it the first time (hardware.detect(measure=True)),
-and `roost doctor --measure` again; the result is kept per CPU model. The caller names the CPU model (hardware.Probe reads it), so this
-module needs nothing from hardware and hardware can ask it for the figure.
+and `roost doctor --measure` again; the result is kept per CPU model. The caller names the
+CPU model (hardware.Probe reads it), so this module needs nothing from hardware and
+hardware can ask it for the figure.
 """
 
 from __future__ import annotations

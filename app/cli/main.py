@@ -50,14 +50,21 @@ REMOTE_HELP = ("use a model served elsewhere over the OpenAI API (roost serve, l
                "e.g. http://127.0.0.1:8080 (default: a model on this machine)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _whole_number(low: int, bound: str):
+    """argparse's type for a whole number of at least `low`; `bound` says it in words."""
+    def read(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+        return value
+    return read
+
+
+_positive_int = _whole_number(1, "at least 1")
+_budget = _whole_number(0, "0 or more")
 
 
 def _setting_type(setting: sampling.Setting):
@@ -147,16 +154,6 @@ def _sampling_options(command) -> None:
         command.add_argument(*s.flags, dest=s.name, type=_setting_type(s), default=s.default, metavar=s.metavar,
                              help=f"{s.help}, from {s.low:g} to {s.high:g} (default: {s.default:g})")
     command.add_argument("--seed", type=int, metavar="N", help=SEED_HELP)
-
-
-def _budget(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
 
 
 def _thinking_options(command, budget: str = "no limit") -> None:

@@ -31,6 +31,15 @@ class RemoteError(RoostError):
     """A server roost talks to cannot be reached, or failed while answering."""
 
 
+class ConnectionLost(RemoteError):
+    """The connection to a server broke mid-answer. partial: the answer as far as it came
+    (a Done), kept in the conversation as it was shown."""
+
+    def __init__(self, message: str, partial=None):
+        super().__init__(message)
+        self.partial = partial
+
+
 class EngineCrashed(RoostError):
     """The engine's own process died (a signal, abort(), the out-of-memory killer) and took
     the model with it. The app goes on; the engine can be loaded again."""

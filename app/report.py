@@ -36,6 +36,12 @@ def stats_line(stats) -> str:
     return line
 
 
+def reading(progress) -> str:
+    """A long prompt being read (a Progress), as the chat's status bar and run --stats show it."""
+    rate = f" · {progress.tps:,.0f} tok/s" if progress.tps else ""
+    return f"reading {progress.done:,} / {progress.total:,} tokens{rate}"
+
+
 def table(rows: list[list[str]], right: set[int] = frozenset()) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -77,6 +83,13 @@ def too_slow(name: str, ranking) -> str:
     p = ranking.pick
     return (f"{name} {p.quant.name}: fits, ~{tps(p.predicted_tps)} tok/s predicted: too slow here "
             f"(floor {ranking.min_tps:g}; --min-speed sets it)")
+
+
+def passed_over(slow: list, min_tps: float) -> str:
+    """A listing's one line for the offers it passed over as too slow (the table shows each)."""
+    names = "1 model fits" if len(slow) == 1 else f"{len(slow)} models fit"
+    return (f"too slow: {names} here but decode{'s' if len(slow) == 1 else ''} under {min_tps:g} tok/s predicted; "
+            f"roost fit NAME gives the numbers, --min-speed sets the floor")
 
 
 def low_bits(name: str, option, smaller=None) -> str:

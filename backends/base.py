@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterator, Literal, Protocol, Sequence, TypedDict, Union
+from typing import Any, Iterator, Literal, NotRequired, Protocol, Sequence, TypedDict, Union
 
 
 class Message(TypedDict):
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant" | "tool"
     content: str
     # A saved answer's thought (history.py) may ride along as "reasoning": engines never
     # send it to the model.
+    # Tools (issue #23): an assistant turn's calls, OpenAI's shape with the arguments as
+    # JSON text ([{"id", "type": "function", "function": {"name", "arguments"}}]); a tool
+    # turn's answer names the call it answers (tool_call_id) and, where known, the tool.
+    tool_calls: NotRequired[list[dict]]
+    tool_call_id: NotRequired[str]
+    name: NotRequired[str]
 
 
 StopReason = Literal["stop", "length", "context", "cancelled"]
@@ -34,6 +40,9 @@ class Plan:
     n_gpu_layers: int = 0  # -1: all layers
     n_threads: int | None = None  # None: the engine's default
     n_batch: int = 512
+    # llama.cpp's flash attention: "auto" (roost's default for the device, fit.py), "on", "off"
+    flash_attn: str = "auto"
+    kv_type: str = "f16"  # the KV cache's type: "f16", "q8_0" or "q4_0" (quantized V needs flash attention)
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,23 @@ class Params:
     # More variables for the chat template (the API's chat_template_kwargs); --think's own
     # variables win over these.
     template_vars: tuple[tuple[str, Any], ...] = ()
+    # Structured output: a JSON schema, as JSON text, that the answer must match (the
+    # engine's grammar makes it so); '{"type": "object"}' for any JSON object.
+    schema: str | None = None
+    # Tools the model may call: OpenAI's `tools` list as JSON text, which the chat template
+    # renders. tool_choice: "auto", "none" (the tools are shown, no call is made) or
+    # "required" (a call is made); tool_name: the function that must be called.
+    tools: str | None = None
+    tool_choice: str = "auto"
+    tool_name: str | None = None
+    # Log-probabilities: None for none; n (0 to 20) for each generated token's own and the
+    # n likeliest tokens' at its place, from the model's logits before sampling.
+    logprobs: int | None = None
+    # OpenAI's penalties (the API's): taken off the logit of each token in the last 64 of
+    # the answer, once (presence) and once per time it is there (frequency), as llama.cpp's
+    # sampler does; negative ones favour them.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 def decode_rate(generated: int, decode_s: float) -> float:
@@ -147,6 +173,16 @@ REASONING, ANSWER = "reasoning", "answer"  # what a Token is part of
 
 
 @dataclass(frozen=True)
+class Logprob:
+    """One generated token's log-probability, with the likeliest tokens' at its place
+    (Params.logprobs of them, likeliest first)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Token:
     """A piece of the answer, or of the thought before it, with the engine's clock at that
     token, so that a view can show live speed without timing anything itself."""
@@ -157,6 +193,9 @@ class Token:
     ttft_s: float = 0.0
     prompt_tokens: int = 0
     kind: str = ANSWER  # REASONING: the model's thought, shown apart from the answer
+    # With Params.logprobs: the tokens this piece of text came out of, since the last
+    # Token (a piece may be held back and sent with the next, or be part of a token).
+    logprobs: tuple[Logprob, ...] = ()
 
     @property
     def decode_tps(self) -> float:
@@ -164,13 +203,41 @@ class Token:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call the model made to one of the request's tools, sent once it is whole (its
+    arguments complete): the text of the call is never part of the answer."""
+
+    index: int  # of the calls in this answer, from 0
+    id: str  # "call_" and a random part, as OpenAI's
+    name: str
+    arguments: str  # JSON text of an object, as OpenAI sends it
+
+
+@dataclass(frozen=True)
 class Done:
     text: str  # the whole answer, as the caller should record it: the thought left out
     stats: Stats
     reasoning: str = ""  # the whole thought, for a reasoning model
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[Logprob, ...] = ()  # the answer's tokens, with Params.logprobs
 
 
-Event = Union[Token, Done]
+@dataclass(frozen=True)
+class Progress:
+    """Prompt processing under way, sent between prefill chunks of a long prompt so that a
+    view can show "reading 3,072 / 12,000 tokens" before the first token."""
+
+    done: int  # prompt tokens evaluated so far this turn (cached ones included)
+    total: int  # tokens in the prompt
+    cached: int = 0  # of those, reused from the KV cache
+    elapsed_s: float = 0.0  # since prefill started
+
+    @property
+    def tps(self) -> float:
+        return (self.done - self.cached) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+Event = Union[Token, Progress, ToolCall, Done]
 
 
 @dataclass(frozen=True)
@@ -201,6 +268,8 @@ class EngineInfo:
     chat_template: str = "model"  # "model": the file's own; otherwise which fallback
     reasoning: str | None = None  # the reasoning format the model writes ("think", "harmony"...); None: it does not reason
     build: str = ""  # the engine's own build summary
+    flash_attn: bool | None = None  # whether attention runs as flash attention; None: the engine does not say
+    kv_type: str | None = None  # the KV cache's type ("f16", "q8_0", "q4_0"); None: the engine does not say
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -173,9 +173,8 @@ def _strftime_now(fmt):
     return datetime.now().strftime(fmt)
 
 
-@lru_cache(maxsize=8)
-def _compile(source: str):
-    from jinja2 import TemplateSyntaxError
+@lru_cache(maxsize=1)
+def _environment():
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -185,10 +184,112 @@ def _compile(source: str):
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str):
+    from jinja2 import TemplateSyntaxError
+
     try:
-        return env.from_string(source)
+        return _environment().from_string(source)
     except TemplateSyntaxError as e:
         raise TemplateError(f"the model's chat template does not parse (line {e.lineno}: {e.message})") from None
+
+
+@lru_cache(maxsize=8)
+def takes_tools(source: str) -> bool:
+    """Whether a template reads the `tools` variable: one that does not would drop them."""
+    from jinja2 import TemplateSyntaxError, meta
+
+    try:
+        return "tools" in meta.find_undeclared_variables(_environment().parse(source))
+    except TemplateSyntaxError:
+        return False  # rendering says what is wrong with it
+
+
+# What a template that takes no tools is given in its system prompt (llama-server does the
+# same for such a template, in its own words). A model with no call format of its own (SmolLM2's
+# template, most built-in formats) is taught Hermes's, as Qwen2.5's template words it, and
+# its calls are read back out of <tool_call> tags (tool_calls.HERMES); one with a format
+# its template writes but does not teach (DeepSeek V3.1's) is shown the tools alone.
+_TOOLS_LISTED = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                 "You are provided with function signatures within <tools></tools> XML tags:\n"
+                 "<tools>\n{tools}\n</tools>")
+_HERMES_TAUGHT = ("\n\nFor each function call, return a json object with function name and arguments within "
+                  "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+                  '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+
+
+def tools_listed(messages: Sequence[dict], tools: Sequence[dict], hermes: bool) -> list[dict]:
+    """The conversation with its tools listed at the end of the system prompt (its own,
+    where it has one), for a template that takes no tools. hermes: the model is taught
+    Hermes's format, and the conversation's calls and results are written in it as plain
+    turns (the template knows no such turns): each call as the model would have written
+    it, each run of tool results as one user turn (so that templates wanting user and
+    assistant turns to alternate still render)."""
+    listing = _TOOLS_LISTED.format(tools="\n".join(_tojson(tool) for tool in tools))
+    out: list[dict] = [dict(m) for m in messages]
+    if hermes:
+        listing += _HERMES_TAUGHT
+        out = []
+        for i, m in enumerate(messages):
+            m = dict(m)
+            if m["role"] == "tool":
+                result = f"<tool_response>\n{m['content']}\n</tool_response>"
+                if i and messages[i - 1]["role"] == "tool":
+                    out[-1]["content"] += "\n" + result
+                else:
+                    out.append({"role": "user", "content": result})
+                continue
+            calls = m.pop("tool_calls", None) or ()
+            written = [f'<tool_call>\n{{"name": {_tojson(c["function"]["name"])}, '
+                       f'"arguments": {c["function"]["arguments"]}}}\n</tool_call>' for c in calls]
+            m["content"] = "\n".join(filter(None, (m["content"], *written)))
+            out.append(m)
+    if out and out[0]["role"] == "system":
+        return [{**out[0], "content": out[0]["content"] + "\n\n" + listing}, *out[1:]]
+    return [{"role": "system", "content": listing}, *out]
+
+
+@lru_cache(maxsize=8)
+def _call_writing(source: str) -> tuple[bool, bool]:
+    """How a template writes a turn of calls, tried on a sample call as llama.cpp's minja
+    does (`requires_object_arguments`, `requires_non_null_content`): (whether it wants the
+    arguments as an object, where most write them with tojson, which would quote JSON text
+    again; whether it wants a turn of calls alone to have null content, as DeepSeek R1's
+    does to write the calls at all). Else: JSON text, as the API sends it, and "" content."""
+    def written(arguments, content) -> str:
+        call = {"id": "call_1", "type": "function", "function": {"name": "probe", "arguments": arguments}}
+        try:
+            return _compile(source).render(messages=[{"role": "user", "content": "x"},
+                                                     {"role": "assistant", "content": content, "tool_calls": [call]}],
+                                           bos_token="", eos_token="", add_generation_prompt=False)
+        except Exception:  # a template that cannot render the sample: it is not the way
+            return ""
+
+    for content in ("", None):
+        as_text = written('{"argument_needle": "x"}', content)
+        if '"argument_needle":' in as_text or "'argument_needle':" in as_text:  # written as it is
+            return False, content is None
+        if "argument_needle" in written({"argument_needle": "x"}, content):  # written any way (XML writes each key)
+            return True, content is None
+    return False, False
+
+
+def _template_message(message: dict, source: str) -> dict:
+    """A message as its template reads it: a turn of calls as the template writes them
+    (`_call_writing`)."""
+    m = dict(message)
+    if not m.get("tool_calls"):
+        return m
+    object_arguments, null_content = _call_writing(source)
+    if null_content and not m["content"]:
+        m["content"] = None
+    if object_arguments:
+        m["tool_calls"] = [{**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}}
+                           for c in m["tool_calls"]]
+    return m
 
 
 def render(
@@ -199,16 +300,20 @@ def render(
     eos_token: str = "",
     add_generation_prompt: bool = True,
     variables: dict | None = None,
+    tools: Sequence[dict] | None = None,
 ) -> str:
     """`variables`: more for the template to read (enable_thinking, reasoning_effort...);
-    they cannot replace the conversation or the special tokens."""
+    they cannot replace the conversation or the special tokens. `tools`: OpenAI's list
+    ({"type": "function", "function": {...}}), which templates that take tools read as
+    `tools` (`takes_tools`)."""
     from jinja2.exceptions import SecurityError, TemplateError as JinjaError
 
     template = _compile(source)
     try:
         return template.render({
             **(variables or {}),
-            "messages": [dict(m) for m in messages],
+            **({"tools": [dict(t) for t in tools]} if tools else {}),
+            "messages": [_template_message(m, source) for m in messages],
             "bos_token": bos_token,
             "eos_token": eos_token,
             "add_generation_prompt": add_generation_prompt,

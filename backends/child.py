@@ -26,7 +26,8 @@ from typing import Iterator, Sequence
 from roost import errors
 from roost.backends import memory
 from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Message, Params, Plan
-from roost.backends.child_protocol import TOKEN, how_it_ended, rebuilt, spawn, token_of
+from roost.backends.child_protocol import (PROGRESS, TOKEN, TOOL_CALL, how_it_ended, progress_of, rebuilt, spawn,
+                                           token_of, tool_call_of)
 from roost.errors import EngineCrashed, RoostError
 
 _REAP_S = 5.0  # how long a dead child's exit status is waited for
@@ -254,6 +255,12 @@ class ChildEngine:
                         self._doing = "answering"
                         yield token_of(message)
                         continue
+                    if message[0] == PROGRESS:
+                        yield progress_of(message)
+                        continue
+                    if message[0] == TOOL_CALL:
+                        yield tool_call_of(message)
+                        continue
                     ended = True
                     if message[0] == "done":
                         yield message[1]
@@ -269,7 +276,7 @@ class ChildEngine:
     def _drain(self, rid: int) -> None:
         self._tell(("cancel", rid))
         try:
-            while self._calls.recv()[0] == TOKEN:
+            while self._calls.recv()[0] in (TOKEN, PROGRESS, TOOL_CALL):
                 pass
         except (EOFError, OSError):
             self._died()  # noted now, so that the next call says what it was doing

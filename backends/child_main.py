@@ -14,8 +14,8 @@ import threading
 from multiprocessing.connection import Connection
 
 from roost.backends import memory
-from roost.backends.base import Cancel, MemoryReading, Token
-from roost.backends.child_protocol import portable, token_message
+from roost.backends.base import Cancel, MemoryReading, Progress, Token, ToolCall
+from roost.backends.child_protocol import portable, progress_message, token_message, tool_call_message
 
 
 # A test-only hook, so that tests can watch a real crash: it makes the child die as native
@@ -144,6 +144,10 @@ def main() -> None:
                         n += 1
                         _crash_point(f"stream:{n}")
                         calls.send(token_message(event))
+                    elif isinstance(event, Progress):
+                        calls.send(progress_message(event))
+                    elif isinstance(event, ToolCall):
+                        calls.send(tool_call_message(event))
                     else:
                         calls.send(("done", event))
             elif op == "tokenize":

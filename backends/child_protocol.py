@@ -8,7 +8,8 @@ threads, Textual's or uvicorn's, in whatever state they were), given two pipes
 
   calls    first (model_path, plan, engine name), answered ("ready", EngineInfo, can score);
            then (op, rid, *args) for stream, complete, tokenize and logits, one at a time:
-           a stream answered as one TOKEN message per Token and ("done", Done) last;
+           a stream answered as one TOKEN message per Token (PROGRESS per Progress,
+           while a long prompt is read; TOOL_CALL per ToolCall) and ("done", Done) last;
            tokenize as ("value", tokens); logits as ("array", dtype, shape), then the raw
            bytes. Served by the child's main thread.
   control  what must get through while an answer runs: ("cancel", rid), seen by the
@@ -31,17 +32,39 @@ import traceback
 from multiprocessing.connection import Connection
 
 from roost import errors
-from roost.backends.base import Token
+from roost.backends.base import Logprob, Progress, Token, ToolCall
 
 TOKEN = "t"  # a Token goes as its fields, not pickled whole: a stream sends thousands
+PROGRESS = "p"  # so does a Progress
+TOOL_CALL = "c"  # and a ToolCall, as the others are
 
 
 def token_message(token: Token) -> tuple:
-    return (TOKEN, token.text, token.generated, token.decode_s, token.ttft_s, token.prompt_tokens, token.kind)
+    message = (TOKEN, token.text, token.generated, token.decode_s, token.ttft_s, token.prompt_tokens, token.kind)
+    # Log-probabilities as plain tuples, and only when asked for: a stream without them
+    # stays as it was.
+    return message + (tuple((lp.token, lp.logprob, lp.top) for lp in token.logprobs),) if token.logprobs else message
 
 
 def token_of(message: tuple) -> Token:
-    return Token(*message[1:])
+    fields, logprobs = (message[1:-1], message[-1]) if len(message) > 7 else (message[1:], ())
+    return Token(*fields, logprobs=tuple(Logprob(*lp) for lp in logprobs))
+
+
+def progress_message(progress: Progress) -> tuple:
+    return (PROGRESS, progress.done, progress.total, progress.cached, progress.elapsed_s)
+
+
+def progress_of(message: tuple) -> Progress:
+    return Progress(*message[1:])
+
+
+def tool_call_message(call: ToolCall) -> tuple:
+    return (TOOL_CALL, call.index, call.id, call.name, call.arguments)
+
+
+def tool_call_of(message: tuple) -> ToolCall:
+    return ToolCall(*message[1:])
 
 
 def spawn(log_fd: int):

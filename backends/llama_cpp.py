@@ -18,12 +18,13 @@ from typing import Generator, Sequence
 
 import llama_cpp
 import numpy as np
+from llama_cpp.llama_grammar import LlamaGrammar
 
 from roost.backends import memory
-from roost.machine import engine_build, hardware
+from roost.machine import engine_build, fit, hardware
 from roost.models import gguf_info
 from roost.backends.base import Cancel, EngineInfo, MemoryReading, Params, Plan
-from roost.backends.streaming import ChatPrompt, TokenLoop, Utf8Pieces, check_fits, reusable_prefix
+from roost.backends.streaming import ChatPrompt, Read, TokenLoop, Utf8Pieces, check_fits, ranked, reusable_prefix
 from roost.errors import ModelFileError
 
 
@@ -96,6 +97,9 @@ def amx_crash(system_info: str) -> str | None:
     return engine_build.amx_crash(hardware.default_probe().cpu().get("flags", ()), llama_cpp.__version__)
 
 
+# The KV cache's types as llama.cpp names them (K and V alike).
+KV_GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
+
 _PARAMS_LOCK = threading.Lock()
 
 
@@ -134,6 +138,10 @@ class LlamaCppEngine(TokenLoop):
         _LOG.clear()
         self._offload, self._device, self._system = build_info()
         self._amx_crash = amx_crash(self._system)
+        # llama-cpp-python takes flash attention as on or off only: "auto" is resolved here,
+        # to roost's default for the device the layers run on.
+        self._flash_attn = fit.flash_attention(plan.flash_attn, plan.kv_type,
+                                               self._device if self._offload and plan.n_gpu_layers != 0 else "CPU")
         try:
             # Off, llama.cpp's extra buffer types take its AMX path with them (and CPU
             # weight repacking, a few percent: bench/cpu_repack.py).
@@ -144,6 +152,12 @@ class LlamaCppEngine(TokenLoop):
                     n_batch=plan.n_batch,
                     n_gpu_layers=plan.n_gpu_layers,
                     n_threads=plan.n_threads or hardware.default_threads(),
+                    flash_attn=self._flash_attn,
+                    type_k=KV_GGML_TYPES[plan.kv_type],
+                    type_v=KV_GGML_TYPES[plan.kv_type],
+                    # Sliding-window layers get the window and a batch, not n_ctx cells:
+                    # _reuse_prefix re-reads a chat whose kept prefix lost its window.
+                    swa_full=False,
                     verbose=False,
                 )
         except (ValueError, RuntimeError) as e:
@@ -163,6 +177,7 @@ class LlamaCppEngine(TokenLoop):
             self._llm.metadata.get("tokenizer.ggml.pre"),
         )
         self._n_ctx_train = model.n_ctx_train()
+        self._n_swa = llama_cpp.llama_model_n_swa(model.model)  # 0: no sliding-window layers
         # llama.cpp pads the context to a multiple of 256, but Llama's token arrays hold
         # only what was asked for: that is the usable window.
         self._n_ctx = min(self._llm.n_ctx(), plan.n_ctx)
@@ -177,10 +192,12 @@ class LlamaCppEngine(TokenLoop):
 
     # -- generation -----------------------------------------------------------
 
-    def _steps(self, prompt: list[int], cached: int, params: Params,
-               cancel: Cancel) -> Generator[tuple[int, None], list[int], None]:
+    def _steps(self, prompt: list[int], cached: int, params: Params, cancel: Cancel,
+               grammar: str | None = None) -> Generator[tuple[int, tuple | None] | Read, list[int], None]:
         llm = self._llm
         for i in range(cached, len(prompt), self.plan.n_batch):
+            if i > cached:
+                yield Read(i)
             if cancel.is_set():
                 return
             llm.eval(prompt[i : i + self.plan.n_batch])
@@ -191,12 +208,23 @@ class LlamaCppEngine(TokenLoop):
             min_p=params.min_p,
             temp=params.temperature,
             repeat_penalty=params.repeat_penalty,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            # Applied before top-k and the rest, so they choose among the tokens it allows; an
+            # end of turn is allowed only once the grammar's root is whole. Nothing is forced
+            # under a grammar (its thought is closed in the prompt), so it sees every token.
+            grammar=None if grammar is None else LlamaGrammar.from_string(grammar),
         )
+        n_vocab = llm.n_vocab()
         while True:
-            # No log-probabilities: the sampler keeps none (the logits they would come
-            # from are in llm._ctx until the next eval).
             token = sampler.sample(llm._ctx, -1)
-            forced = yield token, None
+            logprobs = None
+            if params.logprobs is not None:
+                # The sampler keeps none: they come from the logits it sampled from, which
+                # stay in llm._ctx until the next eval.
+                logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
+                logprobs = ranked(logits, token, params.logprobs)
+            forced = yield token, logprobs
             # Evaluated only when another token is wanted, so the KV cache always holds
             # exactly the tokens of input_ids[:n_tokens].
             llm.eval([token, *(forced or ())])
@@ -208,15 +236,27 @@ class LlamaCppEngine(TokenLoop):
         llm = self._llm
         return Utf8Pieces(lambda token: llm.detokenize([token], special=special))
 
+    def _token_bytes(self, token: int) -> bytes:
+        return self._llm.detokenize([token], special=True)
+
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Keep the KV cache for the longest prefix shared with what is evaluated now."""
         llm = self._llm
         shared = reusable_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt)
-        if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+        if shared > 0 and self._window_held(shared) and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
             llm.n_tokens = shared
             return shared
         llm.reset()  # recurrent models cannot drop a suffix of their state
         return 0
+
+    def _window_held(self, shared: int) -> bool:
+        """Whether the sliding-window layers still hold the window the token after the
+        kept prefix attends to. Their cache keeps only the window and a batch, overwriting
+        older positions: a prefix that ends further back than that has lost part of its
+        window (llama-server's test, in its slot's prompt reuse). Asked before the suffix
+        is dropped, which may leave those layers empty."""
+        oldest = llama_cpp.llama_memory_seq_pos_min(llama_cpp.llama_get_memory(self._llm._ctx.ctx), 0)
+        return oldest <= max(0, shared - self._n_swa)
 
     # -- scoring --------------------------------------------------------------
 
@@ -261,6 +301,8 @@ class LlamaCppEngine(TokenLoop):
             n_threads=self._llm.n_threads,
             chat_template=self._prompt.origin,
             reasoning=self._prompt.reasoning(),
+            flash_attn=self._flash_attn,
+            kv_type=self.plan.kv_type,
             build=self._system + (f" | AMX path off (llama.cpp's extra buffer types): {self._amx_crash}"
                                   if self._amx_crash else ""),
         )

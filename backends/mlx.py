@@ -15,29 +15,31 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Generator, Iterator, Sequence
+from typing import Callable, Generator, Iterator, Sequence
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
-from mlx_lm.generate import generate_step, generation_stream, wired_limit
+from mlx_lm.generate import generate_step, generation_stream, maybe_quantize_kv_cache, wired_limit
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from mlx_lm.utils import load as load_model
 
 from roost.backends import memory
 from roost.backends.base import Cancel, EngineInfo, Event, MemoryReading, Params, Plan
-from roost.backends.streaming import ChatPrompt, TokenLoop, reusable_prefix
-from roost.errors import ModelFileError, ModelTooBig
+from roost.backends.streaming import ChatPrompt, Read, TokenLoop, ranked, reusable_prefix
+from roost.errors import ModelFileError, ModelTooBig, UsageError
 
 # What MLX says when memory runs out (mlx/backend/metal/allocator.cpp and device.cpp, and
 # its CUDA allocator): a RuntimeError like a damaged file's, told apart only by its text.
 # Metal's "Insufficient Memory" is translated on other macOS languages; its code name is not.
+# mlx-lm's quantized KV cache for roost's --kv: groups of 64 with an f16 scale and bias each,
+# 8.5 and 4.5 bits an element, the bytes of llama.cpp's q8_0 and q4_0 (as fit.py plans them).
+KV_BITS = {"q8_0": 8, "q4_0": 4}
+KV_GROUP_SIZE = 64
+PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size, the window of llama.cpp's penalties
+
 OUT_OF_MEMORY = ("[malloc] Unable to allocate", "maximum allowed buffer size", "Insufficient Memory", "OutOfMemory")
-
-
-class _Cancelled(Exception):
-    """Raised from mlx-lm's prefill progress hook: the only way into its prefill loop."""
 
 
 def check_model_dir(path: str) -> None:
@@ -97,6 +99,7 @@ class MlxEngine(TokenLoop):
         check_model_dir(model_path)
         self.model_path = model_path
         self.plan = plan
+        self._ll_tokenizer = None  # llguidance's view of the tokenizer, made for the first grammar
         try:
             self._model, self._tokenizer = load_model(model_path)
         except RuntimeError as e:  # out of memory, or MLX's own reader: a short or damaged .safetensors
@@ -122,6 +125,7 @@ class MlxEngine(TokenLoop):
         )
         self._n_ctx = plan.n_ctx
         self._model_bytes = sum(v.nbytes for _, v in tree_flatten(self._model.parameters()))
+        self._kv_bits = KV_BITS.get(plan.kv_type)  # None: f16, mlx-lm's own cache
         self._cache = make_prompt_cache(self._model)
         self._held: list[int] = []  # the tokens the cache has taken in
 
@@ -137,38 +141,57 @@ class MlxEngine(TokenLoop):
                 raise
             raise oom from None
 
-    def _steps(self, prompt: list[int], cached: int, params: Params,
-               cancel: Cancel) -> Generator[tuple[int, mx.array], list[int], None]:
+    def _steps(self, prompt: list[int], cached: int, params: Params, cancel: Cancel,
+               grammar: str | None = None) -> Generator[tuple[int, tuple | None] | Read, list[int], None]:
         if params.seed is not None:
             mx.random.seed(params.seed)
-        prefilled = 0  # tokens of prompt[cached:] run so far, for a cache that keeps no count
+        held = [] if grammar is None else [self._grammar_processor(grammar)]
 
-        def hook(processed: int, total: int) -> None:
-            nonlocal prefilled
-            prefilled = processed
-            if processed < total and cancel.is_set():
-                raise _Cancelled
-
-        def segment(tokens: list[int], progress):
+        def segment(tokens: list[int]):
             return generate_step(
                 mx.array(tokens), self._model,
                 max_tokens=-1,  # the loop stops asking
                 sampler=make_sampler(params.temperature, params.top_p, params.min_p, top_k=params.top_k),
-                logits_processors=(make_logits_processors(repetition_penalty=params.repeat_penalty)
-                                   if params.repeat_penalty != 1.0 else None),
+                # Presence and frequency over the last 64 tokens, as llama.cpp's sampler
+                # counts them (mlx-lm's window holds the prompt's end too).
+                logits_processors=make_logits_processors(
+                    repetition_penalty=params.repeat_penalty if params.repeat_penalty != 1.0 else None,
+                    presence_penalty=params.presence_penalty, presence_context_size=PENALTY_LAST_N,
+                    frequency_penalty=params.frequency_penalty, frequency_context_size=PENALTY_LAST_N) + held or None,
                 prompt_cache=self._cache,
                 prefill_step_size=self.plan.n_batch,
-                prompt_progress_callback=progress,
+                kv_bits=self._kv_bits, kv_group_size=KV_GROUP_SIZE, quantized_kv_start=0,
             )
 
+        # mlx-lm tells its prefill's progress to a callback, from inside which a generator
+        # cannot yield: the prompt up to its last chunk is run here, a Read after each chunk,
+        # and generate_step reads the last (whole, so that a repetition penalty sees it).
+        last = max(cached, len(prompt) - self.plan.n_batch)
+        read = cached  # how much of the prompt the cache holds, for a cache that keeps no count
         generated: list[int] = []  # after the prompt: sampled and forced tokens, in order
-        steps = segment(prompt[cached:], hook)
+        steps = segment(prompt[last:])
         try:
             with wired_limit(self._model, [generation_stream]):
+                # Quantized from the first token (as generate_step has it with start 0), so
+                # that the prefill below writes into the cache the planner planned.
+                maybe_quantize_kv_cache(self._cache, 0, KV_GROUP_SIZE, self._kv_bits)
+                while read < last:
+                    if cancel.is_set():
+                        return
+                    chunk = prompt[read : min(read + self.plan.n_batch, last)]
+                    with mx.stream(generation_stream):
+                        self._model(mx.array(chunk)[None], cache=self._cache)
+                        mx.eval([c.state for c in self._cache])
+                    mx.clear_cache()
+                    read += len(chunk)
+                    yield Read(read)
                 while True:
                     for token, logprobs in steps:
                         generated.append(token)
-                        forced = yield token, logprobs
+                        # generate_step's are the model's own (after the penalties and a grammar, where asked,
+                        # before temperature), over the whole vocabulary.
+                        forced = yield token, (None if params.logprobs is None else
+                                               ranked(np.array(logprobs.astype(mx.float32)), token, params.logprobs))
                         if forced:
                             break
                     else:
@@ -177,14 +200,12 @@ class MlxEngine(TokenLoop):
                     # new one on the same cache, which holds every token yielded so far.
                     steps.close()
                     generated.extend(forced)
-                    steps = segment(forced, None)
-        except _Cancelled:
-            return
+                    steps = segment(forced)
         finally:
             steps.close()
             taken = _taken_in(self._cache)
             if taken is None:  # generate_step runs each token through the model before it yields it
-                taken = cached + prefilled + len(generated)
+                taken = (len(prompt) if generated else read) + len(generated)
             self._held = (prompt + generated)[:taken]
 
     def _ends_turn(self, token: int) -> bool:
@@ -193,6 +214,42 @@ class MlxEngine(TokenLoop):
     def _detokenizer(self, special: bool) -> "_Segments":
         # mlx-lm's detokenizers write special tokens out always.
         return _Segments(self._tokenizer.detokenizer)
+
+    def _grammar_processor(self, gbnf: str) -> Callable[[mx.array, mx.array], mx.array]:
+        """A logits processor that leaves only the tokens the grammar allows next: llguidance's
+        matcher (it reads llama.cpp's GBNF, so both engines run the one grammar), fed each
+        token sampled. An end of turn is among them once the grammar's root is whole. It runs
+        last, after the penalties, as llama.cpp's grammar sampler comes before sampling."""
+        import llguidance
+        import llguidance.hf
+        import llguidance.numpy
+
+        if self._ll_tokenizer is None:  # about a second: once per model
+            self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                self._tokenizer._tokenizer, eos_token=sorted(self._tokenizer.eos_token_ids))
+        matcher = llguidance.LLMatcher(self._ll_tokenizer, llguidance.grammar_from("gbnf", gbnf))
+        if matcher.is_error():
+            raise UsageError(f"the grammar cannot be run on MLX: {matcher.get_error()}")
+        mask = llguidance.numpy.allocate_token_bitmask(1, self._ll_tokenizer.vocab_size)
+        first = True
+
+        def allowed_only(tokens: mx.array, logits: mx.array) -> mx.array:
+            nonlocal first
+            if not first:  # generate_step's tokens end with the one it sampled last
+                matcher.consume_token(int(tokens[-1].item()))
+            first = False
+            llguidance.numpy.fill_next_token_bitmask(matcher, mask)
+            bits = np.unpackbits(mask.view(np.uint8), bitorder="little").astype(bool)
+            allowed = np.zeros(logits.shape[-1], dtype=bool)  # the model's rows past the vocabulary: never
+            n = min(len(bits), len(allowed))
+            allowed[:n] = bits[:n]
+            return mx.where(mx.array(allowed), logits, -mx.inf)
+
+        return allowed_only
+
+    def _token_bytes(self, token: int) -> bytes:
+        # A token that is part of a character decodes to U+FFFD: the tokenizer gives no bytes.
+        return self._tokenizer.decode([token]).encode()
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Cut the cache back to the prefix this prompt shares with what it holds."""
@@ -211,6 +268,7 @@ class MlxEngine(TokenLoop):
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Raw next-token logits at every position of tokens, in a cache of their own."""
         cache = make_prompt_cache(self._model)
+        maybe_quantize_kv_cache(cache, 0, KV_GROUP_SIZE, self._kv_bits)  # scored as answers are made
         rows = []
         for i in range(0, len(tokens), self.plan.n_batch):
             out = self._model(mx.array(list(tokens[i : i + self.plan.n_batch]))[None], cache=cache)
@@ -247,6 +305,7 @@ class MlxEngine(TokenLoop):
             n_gpu_layers=-1 if where != "CPU" else 0,
             chat_template=self._prompt.origin,
             reasoning=self._prompt.reasoning(),
+            kv_type=self.plan.kv_type,
             build=f"mlx {mx.__version__} on {mx.default_device()}",
         )
 

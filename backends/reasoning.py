@@ -20,10 +20,14 @@ from roost.errors import UsageError
 
 COMMENTARY = "commentary"  # harmony's tool calls and preambles: neither the thought nor the answer
 CONTROL = "control"  # harmony's message headers, shown nowhere
+# Harmony's tool calls: a message addressed to=functions.NAME gives NAME (CALLEE) and then
+# its arguments (CALL), which backends/tool_calls.py turns into a call.
+CALLEE, CALL = "callee", "call"
+_CALLEE = re.compile(r"to=functions\.([^\s<]+)")
 
 
 class Piece(NamedTuple):
-    kind: str  # REASONING, ANSWER or COMMENTARY
+    kind: str  # REASONING, ANSWER, COMMENTARY, or a harmony call's CALLEE and CALL
     text: str
 
 
@@ -94,8 +98,10 @@ def _start(fmt: ReasoningFormat, tail: str) -> str:
 def _channel(header: str) -> str:
     """The kind of text a harmony message holds, from its header ("<|channel|>analysis",
     "assistant to=functions.f<|channel|>commentary <|constrain|>json"...)."""
+    if _CALLEE.search(header):
+        return CALL  # a call to one of the request's tools, whichever channel carries it
     if "to=" in header:
-        return COMMENTARY  # a tool call, whichever channel carries it
+        return COMMENTARY  # a built-in tool's call
     name = re.search(r"<\|channel\|>\s*(\w+)", header)
     return {"analysis": REASONING, "commentary": COMMENTARY}.get(name and name[1], ANSWER)
 
@@ -163,7 +169,7 @@ class Splitter:
         before, out = self.kind, []
         for is_tag, part in self._tags.feed(text):
             if is_tag:
-                self._tag(part)
+                self._tag(part, out)
             else:
                 self._text(part, out)
         if tokens:
@@ -191,11 +197,13 @@ class Splitter:
         self._ws = ""  # whitespace before a closing tag frames it
         self.kind, self._trim = kind, True
 
-    def _tag(self, tag: str) -> None:
+    def _tag(self, tag: str, out: list[Piece]) -> None:
         fmt, self._tagged = self.fmt, True
         if fmt.name == "harmony":
             if self.kind == CONTROL and tag == "<|message|>":
                 self._enter(_channel(self._header))
+                if self.kind == CALL:
+                    out.append(Piece(CALLEE, _CALLEE.search(self._header)[1]))
             elif self.kind == CONTROL and tag in ("<|channel|>", "<|constrain|>"):
                 self._header += tag
             elif tag in _HARMONY_ENDS:

@@ -23,8 +23,9 @@ import httpx2
 
 from roost.backends.base import (ANSWER, REASONING, Cancel, Done, EngineInfo, Event, MemoryReading, Message,
                                  Params, Stats)
-from roost.backends.streaming import Clock
-from roost.errors import ContextOverflow, RemoteError, UsageError
+from roost.backends.streaming import Clock, Texts
+from roost.errors import ConnectionLost, ContextOverflow, RemoteError, UsageError
+from roost.machine.gpus import GpuReading
 
 CONNECT_S = 10.0
 READING_S = 3.0  # for the readings a status bar asks for every second: never long
@@ -43,8 +44,12 @@ class RemoteEngine:
         # No read timeout on answers: a long prompt on a slow box may prefill for minutes.
         self._client = httpx2.Client(base_url=self.url, headers=headers,
                                      timeout=httpx2.Timeout(CONNECT_S, connect=CONNECT_S, read=None))
-        served = [m.get("id") for m in self._get_json("/v1/models").get("data", []) if isinstance(m, dict)]
+        listed = [m for m in self._get_json("/v1/models").get("data", []) if isinstance(m, dict)]
+        served = [m.get("id") for m in listed]
         if model is None:
+            # A roost server also lists what it could load: the one it has loaded is meant.
+            loaded = [m.get("id") for m in listed if (m.get("roost") or {}).get("loaded")]
+            served = loaded if len(loaded) == 1 else served
             if len(served) != 1:
                 raise UsageError(f"{self.url} serves {len(served)} models ({', '.join(served) or 'none'}): name one")
             model = served[0]
@@ -52,6 +57,7 @@ class RemoteEngine:
             raise UsageError(f"{self.url} has no model {model!r}; it serves: {', '.join(served) or 'none'}")
         self.model = model
         self._roost = self._roost_metrics()  # None: not a roost server
+        self.gpus: list[GpuReading] = []  # the server's GPUs, as its last memory reading said
 
     # -- HTTP ---------------------------------------------------------------------------
 
@@ -72,11 +78,16 @@ class RemoteEngine:
         return data
 
     def _roost_metrics(self) -> dict | None:
+        """A roost server's JSON metrics, this model's own over the server's default's;
+        None from another server, or while the model is not loaded (no engine to report)."""
         try:
-            data = self._get_json("/metrics", READING_S)
+            data = self._get_json("/metrics?format=json", READING_S)
         except (RemoteError, UsageError):
             return None
-        return data if "roost" in data else None
+        if "roost" not in data:
+            return None
+        data = {**data, **((data.get("models") or {}).get(self.model) or {})}
+        return data if data.get("engine") else None
 
     # -- generation ---------------------------------------------------------------------
 
@@ -98,6 +109,9 @@ class RemoteEngine:
             body["stop"] = list(params.stop)
         if self._roost:  # extensions other servers may refuse
             body.update(top_k=params.top_k, min_p=params.min_p, repeat_penalty=params.repeat_penalty)
+        if params.schema is not None:  # OpenAI's structured output, which llama-server, Ollama and LM Studio take too
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": json.loads(params.schema), "strict": True}}
         return body
 
     def _generate(self, path: str, body: dict, params: Params, cancel: Cancel | None,
@@ -106,8 +120,8 @@ class RemoteEngine:
         body = {"model": self.model, **body, **self._sampling(params), "stream": True,
                 "stream_options": {"include_usage": True}}
         clock = Clock()
-        texts: dict[str, list[str]] = {ANSWER: [], REASONING: []}
-        pieces = 0
+        texts = Texts()
+        pieces = thought_pieces = 0
         prompt_tokens = 0
         end: dict = {}  # what the last chunks say: finish_reason, usage, timings, roost
         try:
@@ -134,17 +148,20 @@ class RemoteEngine:
                                 if piece:
                                     clock.token()
                                     pieces += 1
-                                    texts[kind].append(piece)
+                                    thought_pieces += kind == REASONING
+                                    texts.add(kind, piece)
                                     yield clock.stamp(piece, pieces, prompt_tokens, kind)
                 finally:
                     take_back()
         except (httpx2.HTTPError, ValueError) as e:
             if not cancel.is_set():
-                raise RemoteError(f"the connection to {self.url} broke mid-answer ({_reason(e)})") from None
+                partial = Done(texts.answer, self._stats(end, clock, {"pieces": pieces, "thought": thought_pieces},
+                                                         prompt_tokens, True), texts.reasoning)
+                raise ConnectionLost(f"the connection to {self.host} broke mid-answer ({_reason(e)})",
+                                     partial) from None
         # A chunk is a token near enough, where the server does not count them itself.
-        counted = {"pieces": pieces, "thought": len(texts[REASONING])}
-        yield Done("".join(texts[ANSWER]), self._stats(end, clock, counted, prompt_tokens, cancel.is_set()),
-                   "".join(texts[REASONING]))
+        counted = {"pieces": pieces, "thought": thought_pieces}
+        yield Done(texts.answer, self._stats(end, clock, counted, prompt_tokens, cancel.is_set()), texts.reasoning)
 
     def _stats(self, end: dict, clock: Clock, counted: dict, prompt_tokens: int, cancelled: bool) -> Stats:
         seen = clock.durations()  # here, at the chunk: the network included
@@ -186,9 +203,10 @@ class RemoteEngine:
         unknown = MemoryReading(rss_bytes=None, peak_rss_bytes=None, host=self.host)
         if not self._roost:
             return unknown
-        try:
-            reading = self._get_json("/metrics", READING_S)["memory"]
-        except (RemoteError, UsageError, KeyError):
+        data = self._roost_metrics()
+        self.gpus = [GpuReading.from_dict(g) for g in data.get("gpu") or []] if data else []
+        reading = data.get("memory") if data else None
+        if not reading:
             return unknown
         return MemoryReading(**{f.name: reading.get(f.name) for f in fields(MemoryReading) if f.name != "host"},
                              host=self.host)

@@ -7,18 +7,30 @@ become text), and `TokenLoop` here owns everything else, once for all: the promp
 and tokenized the same way, the refusal of a prompt that does not fit, max_tokens and the
 context limit, a cancel, stop strings held back, text decoded as it comes and its tail,
 a reasoning model's thought told from its answer (and closed when its budget is spent),
-the clock, and the one `Done` that ends every stream."""
+the clock, a long prompt's progress while it is read, and the one `Done` that ends every
+stream."""
 
 from __future__ import annotations
 
 import codecs
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Iterator, Protocol, Sequence
 
-from roost.backends import chat_template, memory, reasoning
-from roost.backends.base import ANSWER, REASONING, Cancel, Done, Event, Message, Params, Stats, Token
-from roost.errors import ContextOverflow
+from roost.backends import chat_template, memory, reasoning, tool_calls
+from roost.backends.base import (ANSWER, REASONING, Cancel, Done, Event, Logprob, Message, Params, Progress, Stats,
+                                 Token, ToolCall)
+from roost.backends.grammar import to_gbnf
+from roost.errors import ContextOverflow, UsageError
+
+
+@dataclass(frozen=True)
+class Read:
+    """What an engine's `_steps` yields between prefill chunks in place of a token: how
+    many of the prompt's tokens the cache holds now, the reused ones included."""
+
+    done: int
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,13 @@ class Prompted:
     tokens: list[int]
     fmt: reasoning.ReasoningFormat | None = None
     budget: int | None = None
+    # What the answer must match, as a llama.cpp GBNF grammar (a JSON schema's, a required
+    # tool call's), from the first token sampled; None: free text.
+    grammar: str | None = None
+    # The format the model writes tool calls in, which the loop reads them out of the
+    # answer by (None: no tools, or tool_choice "none"), and the tools (OpenAI's list).
+    tool_format: tool_calls.ToolFormat | None = None
+    tools: tuple[dict, ...] = ()
 
 
 class ChatPrompt:
@@ -54,10 +73,11 @@ class ChatPrompt:
         self._specials: list[str] | None = None
 
     def specials(self) -> list[str]:
-        """The reasoning markers this vocabulary holds as single tokens: with the
-        template, what says whether (and how) the model thinks."""
+        """The reasoning and tool-call markers this vocabulary holds as single tokens: with
+        the template, what says whether (and how) the model thinks, and how it calls tools."""
         if self._specials is None:
-            self._specials = [s for s in reasoning.SIGNS if len(self._tokenize(s)) == 1]
+            signs = dict.fromkeys((*reasoning.SIGNS, *tool_calls.SIGNS))
+            self._specials = [s for s in signs if len(self._tokenize(s)) == 1]
         return self._specials
 
     def reasoning(self) -> str | None:
@@ -69,11 +89,34 @@ class ChatPrompt:
         fmt = reasoning.detect(self.template, self.specials())
         control = reasoning.control(self.template, fmt, params.think, params.think_budget)
         messages = [{k: v for k, v in m.items() if k != "reasoning"} for m in messages]  # a saved thought stays out
+        tools = json.loads(params.tools) if params.tools else []
+        calls, grammar, tools_shown = None, schema_grammar(params), tools  # the calls' format; the tools the template is given
+        if tools:
+            calls = tool_calls.detect(self.template, self.specials())
+            if not chat_template.takes_tools(self.template):  # it would drop them: they are listed for it
+                messages, tools_shown = chat_template.tools_listed(messages, tools, hermes=calls is None), []
+                calls = calls or tool_calls.HERMES
+            elif calls is None:
+                raise UsageError("this model's chat template takes tools, but roost does not know how the model "
+                                 "writes its calls: they would come back as text")
+        if calls is not None and (params.tool_choice == "required" or params.tool_name):
+            if params.schema is not None:
+                raise UsageError("a schema and a required tool call cannot both be asked for: "
+                                 "the answer is either JSON or a call")
+            grammar = tool_calls.call_grammar(calls, tools, params.tool_name)
+        if grammar is not None:
+            # A grammar holds from the first token sampled: no thought can come before the
+            # answer. The thought is switched off, and where the prompt opens one anyway it
+            # is closed in the prompt (as --think-budget 0 does).
+            control = reasoning.Control(reasoning.control(self.template, fmt, "off").variables, 0)
         text = chat_template.render(self.template, messages, bos_token=self._bos_text, eos_token=self._eos_text,
-                                    variables={**dict(params.template_vars), **control.variables})
+                                    variables={**dict(params.template_vars), **control.variables}, tools=tools_shown)
         if fmt is not None:  # the prompt's end says whether the stream starts inside a thought
             fmt = reasoning.detect(self.template, self.specials(), prompt_tail=text[-256:])
-        return Prompted(self.text_tokens(text), fmt, control.budget)
+        if params.tool_choice == "none":  # the tools are shown, and whatever the model writes is text
+            calls = None
+        return Prompted(self.text_tokens(text), fmt, control.budget, grammar=grammar,
+                        tool_format=calls, tools=tuple(tools))
 
     def text_tokens(self, text: str) -> list[int]:
         """Text as the model reads it, template or not."""
@@ -126,7 +169,7 @@ class TokenLoop:
 
     def complete(self, prompt: str, params: Params, cancel: Cancel | None = None) -> Iterator[Event]:
         """Raw text continues as raw text: no thought is told apart (bench measures all)."""
-        return self._generate(lambda: Prompted(self.tokenize(prompt)), params, cancel)
+        return self._generate(lambda: Prompted(self.tokenize(prompt), grammar=schema_grammar(params)), params, cancel)
 
     def tokenize(self, text: str) -> list[int]:
         """Text as the model reads it, BOS first where the model wants one."""
@@ -149,27 +192,41 @@ class TokenLoop:
         clock.prefill_started()
         room = self._n_ctx - len(prompt)
         limit = room if params.max_tokens is None else min(params.max_tokens, room)
-        pieces = self._detokenizer(special=fmt is not None)
+        # A reasoning model's markers, and a tool format's, are control tokens in some vocabularies.
+        pieces = self._detokenizer(special=fmt is not None or turn.tool_format is not None)
         stops = StopMatcher(params.stop)
-        texts: dict[str, list[str]] = {ANSWER: [], REASONING: []}
+        texts = Texts()
         generated = 0
         reason, stopped = "cancelled", False  # an engine that ends without a token was cancelled in prefill
         forced: list[int] = []  # tokens the loop writes in place of the model's next ones
+        reading = False  # a Progress was sent: the prompt is read in more than one chunk
+        # With params.logprobs: the sampled tokens' not yet sent with a Token (their text
+        # held back, or part of a character), and the answer's, for Done.
+        unsent: list[Logprob] = []
+        answer_logprobs: list[Logprob] = []
 
-        last_kind = None
+        tools = tool_calls.ToolCallParser(turn.tool_format, turn.tools) if turn.tool_format is not None else None
+        calls: list[ToolCall] = []
 
-        def shown(parts: list[reasoning.Piece]) -> Iterator[Token]:
-            nonlocal last_kind
-            for kind, part in parts:
+        def shown(parts: list[reasoning.Piece], end: bool = False) -> Iterator[Token | ToolCall]:
+            if tools is not None:  # the answer's calls come out of its text, whole
+                parts = [out for part in parts for out in tools.feed(part)] + (tools.flush() if end else [])
+            for part in parts:
+                if isinstance(part, ToolCall):
+                    calls.append(part)
+                    unsent.clear()  # the call's tokens: not the answer's content
+                    yield part
+                    continue
+                kind, part = part
                 # Harmony's commentary (tool preambles) is not the answer: shown with the thought.
                 kind = ANSWER if kind == ANSWER else REASONING
-                if kind == REASONING and texts[REASONING] and last_kind == ANSWER:
-                    texts[REASONING].append("\n\n")  # a second thought, after some answer: kept apart
-                texts[kind].append(part)
-                last_kind = kind
-                yield clock.stamp(part, generated, len(prompt), kind)
+                texts.add(kind, part)
+                if kind == ANSWER:
+                    answer_logprobs.extend(unsent)
+                yield clock.stamp(part, generated, len(prompt), kind, tuple(unsent))
+                unsent.clear()
 
-        steps = self._steps(prompt, cached, params, cancel)
+        steps = self._steps(prompt, cached, params, cancel, turn.grammar)
         try:
             while True:
                 # Before the next token is asked for: asking is what costs a step of the model.
@@ -180,16 +237,27 @@ class TokenLoop:
                 if cancel.is_set():
                     break
                 try:
-                    token, _logprobs = steps.send(forced) if forced else next(steps)
+                    step = steps.send(forced) if forced else next(steps)
                 except StopIteration:
                     break
+                if isinstance(step, Read):
+                    reading = True
+                    yield Progress(step.done, len(prompt), cached, clock.reading_s())
+                    continue
+                token, logprobs = step
                 forced = []
                 clock.token()
+                if reading and generated == 0:
+                    # The last chunk is read when the first token is sampled: progress ends
+                    # there, at the whole prompt, timed as the stats time the prefill.
+                    yield Progress(len(prompt), len(prompt), cached, clock.reading_s())
                 generated += 1
                 if self._ends_turn(token):
                     split.feed("", 1)  # counted with the part it ends: a thought cut short, or the answer
                     reason = "stop"
                     break
+                if logprobs is not None:
+                    unsent.append(self._logprob(token, *logprobs))
                 piece, stopped = stops.feed(pieces.add(token))
                 yield from shown(split.feed(piece, 1))
                 if stopped:
@@ -212,10 +280,20 @@ class TokenLoop:
             else:  # text held back in case it began a stop string that never came
                 tail += stops.flush()
             yield from shown(split.feed(tail, 0))
-        yield from shown(split.flush())  # a stream cut inside a thought ends as thought
+        yield from shown(split.flush(), end=True)  # a stream cut inside a thought ends as thought
         thought = sum(n for kind, n in split.tokens.items() if kind != ANSWER)
-        yield done("".join(texts[ANSWER]), prompt, cached, generated, reason, self._n_ctx,
-                   reasoning="".join(texts[REASONING]), reasoning_tokens=thought, **clock.durations())
+        yield done(texts.answer, prompt, cached, generated, reason, self._n_ctx, reasoning=texts.reasoning,
+                   reasoning_tokens=thought, logprobs=tuple(answer_logprobs), tool_calls=tuple(calls),
+                   **clock.durations())
+
+    def _logprob(self, token: int, logprob: float, top: Sequence[tuple[int, float]]) -> Logprob:
+        """A step's log-probabilities (`ranked`) with their tokens as text: bytes that are
+        not whole characters kept as surrogates (decode's surrogateescape), so that
+        `.encode("utf-8", "surrogateescape")` gives back the token's exact bytes."""
+        def text(t: int) -> str:
+            return self._token_bytes(t).decode("utf-8", "surrogateescape")
+
+        return Logprob(text(token), logprob, tuple((text(t), lp) for t, lp in top))
 
     # -- what each engine supplies ------------------------------------------------------
 
@@ -224,14 +302,18 @@ class TokenLoop:
         drop the rest; how many tokens are kept."""
         raise NotImplementedError
 
-    def _steps(self, prompt: list[int], cached: int, params: Params,
-               cancel: Cancel) -> Generator[tuple[int, Any], list[int], None]:
-        """Prefill prompt[cached:], then sample with params: (token id, its log-probabilities
-        where the engine has them, else None) for as long as the loop asks. A token is run
+    def _steps(self, prompt: list[int], cached: int, params: Params, cancel: Cancel,
+               grammar: str | None = None) -> Generator[tuple[int, Any] | Read, list[int], None]:
+        """Prefill prompt[cached:], then sample with params (and the grammar, where one is
+        given: only tokens it allows): (token id, with params.logprobs not None its
+        log-probabilities as `ranked` gives them, else None) for as long as the loop asks. A token is run
         through the model no later than when the next one is asked for; when the loop
         sends a list of tokens instead of asking, those are run after it (as if the model
-        had written them) and the next token follows them. Between prefill chunks, a
-        cancel ends it without a token. Closed when the answer ends, however."""
+        had written them) and the next token follows them. Between prefill chunks (after
+        each but the last: a prompt read in one chunk yields none), a `Read` with how
+        much of the prompt the cache holds, which the loop sends on as a Progress timed
+        by its own clock; and a cancel ends it without a token. Closed when the answer
+        ends, however."""
         raise NotImplementedError
 
     def _ends_turn(self, token: int) -> bool:
@@ -243,6 +325,10 @@ class TokenLoop:
         reasoning model's markers are control tokens in some vocabularies)."""
         raise NotImplementedError
 
+    def _token_bytes(self, token: int) -> bytes:
+        """One token's own text, control tokens written out: what a log-probability names."""
+        raise NotImplementedError
+
 
 def check_fits(prompt: list[int], n_ctx: int, n_ctx_train: int | None) -> None:
     if len(prompt) >= n_ctx:
@@ -250,6 +336,18 @@ def check_fits(prompt: list[int], n_ctx: int, n_ctx_train: int | None) -> None:
         raise ContextOverflow(
             f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}; shorten it or raise --ctx{trained}"
         )
+
+
+def schema_grammar(params: Params) -> str | None:
+    """The grammar params.schema holds the answer to (None: free text); UsageError says
+    what of the schema cannot be kept."""
+    if params.schema is None:
+        return None
+    try:
+        schema = json.loads(params.schema)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"the schema is not JSON: {e}") from None
+    return to_gbnf(schema)
 
 
 def reusable_prefix(held: Sequence[int], prompt: Sequence[int]) -> int:
@@ -265,14 +363,32 @@ def reusable_prefix(held: Sequence[int], prompt: Sequence[int]) -> int:
 
 def done(text: str, prompt: list[int], cached: int, generated: int, reason: str, n_ctx: int,
          prefill_s: float, decode_s: float, ttft_s: float, answer_ttft_s: float | None,
-         reasoning: str = "", reasoning_tokens: int = 0) -> Done:
+         reasoning: str = "", reasoning_tokens: int = 0, logprobs: tuple[Logprob, ...] = (),
+         tool_calls: tuple[ToolCall, ...] = ()) -> Done:
     """The one event that ends every stream, with the engine's own timings."""
     return Done(text, Stats(
         prompt_tokens=len(prompt), cached_tokens=cached, generated_tokens=generated,
         prefill_s=prefill_s, decode_s=decode_s, ttft_s=ttft_s, stop_reason=reason,
         n_ctx=n_ctx, peak_rss_bytes=memory.peak_rss_bytes(),
         reasoning_tokens=reasoning_tokens, answer_ttft_s=answer_ttft_s,
-    ), reasoning)
+    ), reasoning, tool_calls=tool_calls, logprobs=logprobs)
+
+
+def ranked(logits, token: int, n: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """One position's log-probabilities as an engine's `_steps` yields them: the chosen
+    token's, and the n likeliest tokens' as (id, log-probability), likeliest first. From
+    the model's own distribution (a numpy vector of its logits, or of its log-probabilities),
+    before temperature and truncation, as OpenAI and llama-server report them."""
+    import numpy as np  # here: a remote engine's stream runs without numpy
+
+    # The logits as they come (float32, not copied): the log-sum-exp over the vocabulary,
+    # summed in float64, and log-probabilities only for the tokens named.
+    logits = np.asarray(logits, dtype=np.float32)
+    top = np.argpartition(logits, -n)[-n:] if n else np.empty(0, dtype=np.int64)
+    top = top[np.argsort(-logits[top], kind="stable")]
+    peak = float(logits.max())
+    total = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
+    return float(logits[token]) - total, tuple((int(t), float(logits[t]) - total) for t in top)
 
 
 class StopMatcher:
@@ -304,6 +420,32 @@ class StopMatcher:
         return out
 
 
+class Texts:
+    """The answer and the thought of one reply, joined as their pieces come, the same for
+    every engine: a second thought, after some of the answer, is kept apart from the first
+    by a blank line (roost run shows it so on a terminal too)."""
+
+    THOUGHTS_APART = "\n\n"
+
+    def __init__(self):
+        self._parts: dict[str, list[str]] = {ANSWER: [], REASONING: []}
+        self._last: str | None = None
+
+    def add(self, kind: str, text: str) -> None:
+        if kind == REASONING and self._parts[REASONING] and self._last == ANSWER:
+            self._parts[REASONING].append(self.THOUGHTS_APART)
+        self._parts[kind].append(text)
+        self._last = kind
+
+    @property
+    def answer(self) -> str:
+        return "".join(self._parts[ANSWER])
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._parts[REASONING])
+
+
 class Clock:
     """The moments that make the stats, all taken at the token (the engine's, or the
     chunk's as a client receives it)."""
@@ -315,15 +457,20 @@ class Clock:
     def prefill_started(self) -> None:
         self.prefill_start = time.perf_counter()
 
+    def reading_s(self) -> float:
+        """Since prefill started: at a chunk's end, or at the first token (the prefill's end)."""
+        return (self.first or time.perf_counter()) - self.prefill_start
+
     def token(self) -> None:
         self.last = time.perf_counter()
         self.first = self.first or self.last
 
-    def stamp(self, text: str, generated: int, prompt_tokens: int, kind: str = ANSWER) -> Token:
+    def stamp(self, text: str, generated: int, prompt_tokens: int, kind: str = ANSWER,
+              logprobs: tuple[Logprob, ...] = ()) -> Token:
         first = self.first or time.perf_counter()
         if kind == ANSWER and self.answered is None:
             self.answered = self.last or first
-        return Token(text, generated, (self.last or first) - first, first - self.called, prompt_tokens, kind)
+        return Token(text, generated, (self.last or first) - first, first - self.called, prompt_tokens, kind, logprobs)
 
     def durations(self) -> dict[str, float]:
         # A token's logits are only certain to be computed once it has been sampled

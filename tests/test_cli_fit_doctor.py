@@ -42,10 +42,14 @@ def test_fit_bad_input(roost_here):
 
 
 def test_run_refuses_a_model_too_big_before_loading(roost_here):
-    # A machine with 1.5 GiB free, of which 1 GiB is kept for other apps.
-    result = roost_here("run", "demo", "hi", "--ctx", "8192", machine="tiny.json")
+    # A machine with 1.5 GiB free, of which 1 GiB is kept for other apps: the demo's
+    # full context fits there with a q8_0 KV cache only.
+    result = roost_here("run", "demo", "hi", "--ctx", "8192", "--kv", "f16", machine="tiny.json")
     line = one_error_line(result, "does not fit", "--ctx")
-    assert "would fit with --ctx" in line
+    assert "would fit with --kv q8_0 or --ctx" in line
+    result = roost_here("run", "demo", "hi", "--ctx", "8192", "-n", "4", machine="tiny.json")
+    assert result.returncode == 0 and result.stdout.strip()
+    assert "a q8_0 KV cache lets 8192 tokens of context fit here" in result.stderr
 
 
 def test_run_rejects_gpu_layers_on_a_cpu_build(roost_here):
@@ -159,7 +163,8 @@ def test_search_passes_over_what_is_predicted_too_slow(roost_here):
     for o in slow:
         row = next(line for line in table.splitlines() if line.startswith(o["name"] + " "))  # the table's
         assert "too slow" in row and f" {o['pick']} " not in row  # not offered as best here
-        assert f"{o['name']} {o['pick']}: fits, ~" in table and "predicted: too slow here (floor 10" in table
+        assert row.split()[-2].startswith(f"~{int(o['predicted_tps'])}.")  # its predicted rate, under 10
+    assert f"too slow: {len(slow)} models fit here but decode under 10 tok/s predicted" in table
     # A floor of 0 passes nothing over.
     everything = json.loads(roost_here("search", "--json", "--min-speed", "0", machine="cpu_only.json").stdout)
     assert not any(o["too_slow"] for o in everything)

@@ -19,7 +19,9 @@ def estimate_and_buffers(path: str, n_ctx: int):
     shape = fit.Shape.from_gguf(info)
     engine = load(path, Plan(n_ctx=n_ctx))
     try:
-        return fit.estimate(shape, fit.Quant.from_gguf(info, shape), n_ctx), engine.memory().buffers
+        # Flash attention as the engine resolves Plan's "auto" on this CPU.
+        flash = fit.flash_attention("auto", "f16", "CPU")
+        return fit.estimate(shape, fit.Quant.from_gguf(info, shape), n_ctx, flash_attn=flash), engine.memory().buffers
     finally:
         engine.close()
 
@@ -127,7 +129,8 @@ def test_partial_offload_takes_as_many_layers_as_fit():
     r = rank("rtx4090.json", LLAMA_70B, LLAMA_70B_QUANTS, 8192)
     q4 = by_name(r)["Q4_K_M"]
     assert q4.fit == "partial" and 0 < q4.n_gpu_layers < LLAMA_70B.n_layer
-    one_more = fit.estimate(LLAMA_70B, q4.quant, 8192, q4.n_gpu_layers + 1, gpu_runtime=r.budget.gpu_runtime)
+    one_more = fit.estimate(LLAMA_70B, q4.quant, 8192, q4.n_gpu_layers + 1, q4.kv_type, r.budget.gpu_runtime,
+                            q4.flash_attn)
     assert q4.estimate.gpu <= r.budget.gpu_bytes < one_more.gpu
     # Fewer bytes, more layers on the GPU, faster: the pick is the fastest split.
     assert r.pick.fit == "partial" and r.pick.ceiling_tps == max(o.ceiling_tps for o in r.options if o.ceiling_tps)

@@ -10,6 +10,7 @@ import pytest
 from gguf_files import with_vocabulary
 from pilot import chat, notes
 from test_chat_template import llama_cpp_renders
+from test_serve import Serve
 
 from roost.backends import chat_template, load
 from roost.backends.base import Done, Params, Plan
@@ -60,6 +61,19 @@ def test_roost_run_says_once_which_format_and_that_it_may_be_a_base_model(plain,
     assert json.loads(result.stdout)["engine"]["chat_template"] == "fallback: gemma (the file has none)"
     # A file with its own template: nothing said.
     assert NOTE not in roost_here("run", demo_gguf, "hi", "-t", "0", "-n", "4").stderr
+
+
+def test_roost_serve_says_it_once_before_serving(plain):
+    server = Serve(plain["gemma"], "--port", "0", "--ctx", "512")
+    try:
+        said = [line for line in server.before if NOTE in line]
+        assert len(said) == 1 and "built-in Gemma format" in said[0] and said[0].startswith("roost: note: ")
+    finally:
+        server.stop()
+    # A file with its own template: nothing said before serving.
+    server = Serve("demo", "--port", "0", "--ctx", "512")
+    assert not any(NOTE in line for line in server.before)
+    server.stop()
 
 
 def test_the_chat_says_it_once_when_the_model_loads(plain):

@@ -166,6 +166,13 @@ def test_rm_refuses_another_apps_files_and_changes_nothing(stores, roost_here, d
     assert (snapshot(stores), os.stat(demo_gguf).st_mtime_ns) == before
 
 
+@pytest.mark.parametrize("name,app", [(OLLAMA_NAME, "Ollama"), (LMS_NAME, "LM Studio"), (LLAMA_NAME, "llama.cpp")])
+def test_pull_of_another_apps_model_says_it_is_there(stores, roost_here, name, app):
+    before = snapshot(stores)
+    one_line(roost_here("pull", name, "--yes"), f"{name} is already on disk, in {app}'s store", f"roost run {name}")
+    assert snapshot(stores) == before
+
+
 def test_rm_refuses_another_apps_file_by_its_path(stores, roost_here):
     path = json.loads(roost_here("ls", "--json").stdout)
     blob_path = next(m["path"] for m in path if m["name"] == OLLAMA_NAME)

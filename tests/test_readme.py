@@ -94,7 +94,34 @@ def test_the_readme_first_chat_works_as_typed(newcomer):
         assert "Traceback" not in done.stderr
         kinds.append(line.split()[1] if line.startswith("roost ") else "pipe")
         if line.startswith("roost search"):
-            assert "qwen2.5-3b" in done.stdout
+            named = re.findall(r"roost (?:pull|chat|run) ([\w.:-]+)", " ".join(lines))
+            assert all(f"\n{name} " in done.stdout for name in named)
         elif "roost run" in line:
             assert done.stdout.strip()  # an answer
     assert kinds == ["search", "pull", "chat", "pipe"]
+
+
+# The README's table of first models, row by row: the recorded machine each row describes.
+TABLE_MACHINES = {
+    "8 GB Mac or laptop": "m1_8gb", "16 GB Mac": "m2_16gb", "PC without a GPU, 16 GB": "cpu_only",
+    "36 GB Mac": "m4max36", "24 GB NVIDIA (RTX 4090)": "rtx4090", "128 GB Mac": "m4max128",
+}
+
+
+def test_the_readme_table_of_first_models_is_what_search_picks(roost_here):
+    import json
+
+    text = open(README).read().split("| machine | a good first model |", 1)[1].split("\n\n", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+    assert [r[0] for r in rows] == list(TABLE_MACHINES)
+    for machine, models, quants in rows:
+        offers = {o["name"]: o for o in json.loads(roost_here("search", "--json",
+                                                              machine=TABLE_MACHINES[machine] + ".json").stdout)}
+        names = re.findall(r"`([\w.-]+)`", models)
+        picks = quants.split(",")[0].split(" or ")
+        said = [float(t) for t in re.findall(r"~(\d+) tok/s", quants)][:1]
+        for name, quant in zip(names, picks):
+            o = offers[name]
+            assert o["pick"] == quant and o["fits"] == "full" and not o["too_slow"], (machine, o)
+            # the rate said is the prediction, to within the rounding a row allows
+            assert abs(o["predicted_tps"] - said[0]) <= max(0.1 * said[0], 1), (machine, o)

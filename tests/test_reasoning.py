@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from roost.backends import chat_template, reasoning
-from roost.backends.reasoning import ANSWER, COMMENTARY, REASONING, Piece
+from roost.backends.reasoning import ANSWER, CALL, CALLEE, COMMENTARY, REASONING, Piece
 from roost.errors import UsageError
 
 TEMPLATES = Path(__file__).parent / "recorded" / "templates"
@@ -44,13 +44,14 @@ STREAMS = {
         "<|start|>", "assistant", "<|channel|>", "final", "<|message|>", "Hello", ",", " world", "!\n",
         "What", "'s", " up", "?", "<|return|>",
     ], {REASONING: "I'm\nthinking", ANSWER: "Hello, world!\nWhat's up?"}),
-    # A preamble and a tool call go to commentary, apart from the answer.
+    # A preamble goes to commentary, apart from the answer; a call gives the function's name
+    # and its arguments (tool_calls.py makes them a call).
     "gpt-oss-tool": ("openai-gpt-oss-120b.jinja", [
         "<|channel|>", "analysis", "<|message|>", "I", "'m", "\n", "thinking", "<|end|>",
         "<|start|>", "assistant", "<|channel|>", "commentary", "<|message|>", "Let", " me", " look", ".", "<|end|>",
         "<|start|>", "assistant", "<|channel|>", "commentary", " to", "=functions", ".f", " ",
         "<|constrain|>", "json", "<|message|>", '{"', "a", '":', " 1", "}", "<|call|>",
-    ], {REASONING: "I'm\nthinking", COMMENTARY: 'Let me look.{"a": 1}'}),
+    ], {REASONING: "I'm\nthinking", COMMENTARY: "Let me look.", CALLEE: "f", CALL: '{"a": 1}'}),
     "magistral": ("mistralai-Ministral-3-3B-Reasoning-2512.jinja", [
         "[THINK]", "Simple", " arithmetic", ":", " 2", "+", "2", "=", "4", ".", "[/THINK]",
         "The", " answer", " is", " 4", ".",

@@ -90,6 +90,10 @@ def test_thought_and_answer_each_start_on_a_line_of_their_own():
     out, err = on_a_terminal((REASONING, "Hm."), (ANSWER, "Paris"), (REASONING, "Sure?"), (ANSWER, "Yes."))
     assert out == "ParisYes." and err == f"{DIM}Hm.{PLAIN}\n\n{DIM}Sure?{PLAIN}\n"
 
+    # An answer that ended its line: the two thoughts still a blank line apart, as in --json.
+    out, err = on_a_terminal((REASONING, "Hm."), (ANSWER, "Paris.\n"), (REASONING, "Sure?"))
+    assert out == "Paris.\n" and err == f"{DIM}Hm.{PLAIN}\n\n{DIM}Sure?{PLAIN}\n"
+
     out, err = on_a_terminal((REASONING, "Still think"))  # cut inside the thought
     assert out == "" and err == f"{DIM}Still think{PLAIN}\n"
 

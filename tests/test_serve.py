@@ -52,7 +52,8 @@ def post(url, body, key=KEY, path="/v1/chat/completions", timeout=60):
 
 
 def metrics(url):
-    return httpx2.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
+    return httpx2.get(url + "/metrics", params={"format": "json"}, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=10).json()
 
 
 def test_chat_with_the_openai_client_whole_and_streamed(url):
@@ -262,8 +263,13 @@ class Serve:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "roost", "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL, cwd=ROOT, text=True, env={**os.environ, **(env or {})})
-        self.line = self.proc.stderr.readline()
-        assert "roost: serving" in self.line, self.line + self.proc.stderr.read()
+        self.before = []  # what it said before the serving line: notes and warnings
+        for self.line in self.proc.stderr:
+            if "roost: serving" in self.line:
+                break
+            self.before.append(self.line)
+        else:
+            raise AssertionError("".join(self.before) or "roost serve said nothing")
         self.url = self.line.split(" at ", 1)[1].split("/v1", 1)[0]
 
     def stop(self):

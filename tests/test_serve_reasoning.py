@@ -165,7 +165,7 @@ class _OtherServer(ThreadingHTTPServer):
     was sent."""
 
     CHUNKS = [{"reasoning": "Dragons"}, {"reasoning": " cook?"}, {"reasoning": " Hm.", "content": "Once"},
-              {"content": " upon a time."}]
+              {"content": " upon a time.\n"}, {"reasoning": "Long enough?"}, {"content": "The end."}]
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _OtherHandler)
@@ -220,8 +220,10 @@ def test_the_remote_engine_reads_another_servers_reasoning_and_sends_it_the_cont
         engine.close()
     done = events[-1]
     assert [(e.kind, e.text) for e in events[:-1]] == [
-        (REASONING, "Dragons"), (REASONING, " cook?"), (REASONING, " Hm."), (ANSWER, "Once"), (ANSWER, " upon a time.")]
-    assert (done.reasoning, done.text) == ("Dragons cook? Hm.", "Once upon a time.")
+        (REASONING, "Dragons"), (REASONING, " cook?"), (REASONING, " Hm."), (ANSWER, "Once"),
+        (ANSWER, " upon a time.\n"), (REASONING, "Long enough?"), (ANSWER, "The end.")]
+    # A second thought is kept apart from the first, as the local engine keeps it.
+    assert (done.reasoning, done.text) == ("Dragons cook? Hm.\n\nLong enough?", "Once upon a time.\nThe end.")
     assert done.stats.reasoning_tokens == 4 and done.stats.generated_tokens == 7  # the server's own count
     assert done.stats.answer_ttft_s >= done.stats.ttft_s > 0  # timed here, at the first answer chunk
     effort, off, plain = other_server.bodies

@@ -58,7 +58,7 @@ class ScriptedModel(TokenLoop):
         self.prompts.append(prompt)
         return 0
 
-    def _steps(self, prompt, cached, params, cancel):
+    def _steps(self, prompt, cached, params, cancel, grammar=None):
         at = 0
         while at < len(self.script):
             forced = yield self._id(self.script[at]), None

@@ -3,8 +3,8 @@
 Start-up matters for one-shot prompts, so the cli package imports only the standard
 library (and roost's own light modules) at load; each command imports what it needs when
 it runs. The handlers live one module per group of commands: run.py (run, chat),
-models.py (pull, ls, rm, search, fit), serve.py, measure.py (bench, eval), doctor.py;
-terminal.py holds what they share at the terminal.
+models.py (pull, ls, rm, search, fit), serve.py, ps.py (ps, stop), measure.py (bench, eval),
+doctor.py; terminal.py holds what they share at the terminal.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import sys
 from roost import __version__, sampling
 from roost.backends import ENGINES
 from roost.cli.doctor import cmd_doctor
+from roost.cli.history import cmd_history
 from roost.cli.measure import PPL_CTX, cmd_bench, cmd_eval
 from roost.cli.models import cmd_fit, cmd_ls, cmd_pull, cmd_rm, cmd_search
+from roost.cli.ps import cmd_ps, cmd_stop
 from roost.cli.run import cmd_chat, cmd_run
 from roost.cli.serve import cmd_serve
 from roost.cli.terminal import EXIT_INTERRUPTED, guarded
@@ -27,7 +29,8 @@ DEFAULT_PORT = 8080
 # Help for what several commands take, written once so that it reads the same everywhere.
 MODEL_HELP = ('a catalog name (roost search lists them), optionally NAME:QUANT (NAME:Q4_K_M, NAME:4bit); '
               'a Hugging Face repo, owner/repo or owner/repo:file.gguf; a .gguf file; an MLX model folder; '
-              'or "demo", the bundled SmolLM2-135M')
+              "another app's model by its name there (ollama:llama3.2:3b, lmstudio:OWNER/REPO, llama.cpp:FILE.gguf; "
+              'roost ls lists them); or "demo", the bundled SmolLM2-135M')
 CTX_DEFAULT = f"{DEFAULT_CTX}, or the model's limit if lower"
 ENGINE_HELP = ("llama (llama.cpp: .gguf files) or mlx (MLX model folders and MLX builds of catalog models) "
                "(default: MLX on Apple Silicon where the model's best MLX build that fits is about as good as its "
@@ -46,6 +49,10 @@ THINK_HELP = ("a reasoning model's thinking: on, off, or an effort (low, medium,
               "(gpt-oss) (default: the model's own)")
 THINK_BUDGET_HELP = ("at most N tokens of thinking: then roost closes the thought and the model answers "
                      "(default: {})")
+KV_HELP = ("the KV cache's type: f16, q8_0 (about half its memory) or q4_0 (about a quarter), with flash "
+           "attention (default: f16, or q8_0 where only that lets the context fit here, as roost fit says)")
+FLASH_ATTN_HELP = ("llama.cpp's flash attention: on, off, or auto (default: auto: on with a GPU and on the CPU, "
+                   "where it keeps the compute buffer small at long contexts; always on with a quantized --kv)")
 REMOTE_HELP = ("use a model served elsewhere over the OpenAI API (roost serve, llama-server, vLLM, Ollama), "
                "e.g. http://127.0.0.1:8080 (default: a model on this machine)")
 
@@ -65,6 +72,25 @@ def _whole_number(low: int, bound: str):
 
 _positive_int = _whole_number(1, "at least 1")
 _budget = _whole_number(0, "0 or more")
+
+
+def _port(text: str) -> int:
+    value = _whole_number(0, "0 to 65535")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, not {value}")
+    return value
+
+
+def _serve_value(parse):
+    """An argparse type from one of roost serve's parsers (pool.py: imported when used)."""
+    def read(text: str):
+        from roost.serve import pool
+
+        try:
+            return getattr(pool, parse)(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return read
 
 
 def _setting_type(setting: sampling.Setting):
@@ -148,6 +174,30 @@ def _local_engine_options(command) -> None:
     _engine_option(command)
 
 
+def _kv_options(command, several: bool = False) -> None:
+    """--kv and --flash-attn: the KV cache's type and how attention runs. several: --kv
+    takes a list (eval compares each against the first)."""
+    from roost.machine.fit import KV_TYPES  # standard library only: light enough for every start
+
+    if several:
+        command.add_argument("--kv", type=_kv_list, metavar="TYPE[,TYPE...]",
+                             help=f"{KV_HELP}; several, comma-separated (f16,q8_0,q4_0), run each model with each, "
+                             "and compare each with the first")
+    else:
+        command.add_argument("--kv", choices=KV_TYPES, help=KV_HELP)
+    command.add_argument("--flash-attn", choices=("auto", "on", "off"), help=FLASH_ATTN_HELP)
+
+
+def _kv_list(text: str) -> list[str]:
+    from roost.machine.fit import KV_TYPES
+
+    types = [t.strip() for t in text.split(",")]
+    wrong = [t for t in types if t not in KV_TYPES]
+    if wrong:
+        raise argparse.ArgumentTypeError(f"{wrong[0]!r} is not a KV cache type ({', '.join(KV_TYPES)})")
+    return types
+
+
 def _sampling_options(command) -> None:
     command.add_argument("-s", "--system", metavar="TEXT", help=SYSTEM_HELP)
     for s in sampling.SETTINGS:
@@ -168,6 +218,16 @@ def _remote_options(command) -> None:
     _api_key_option(command)
 
 
+def _ssh_options(command) -> None:
+    command.add_argument("--ssh", metavar="[USER@]HOST",
+                         help="start roost serve on HOST over ssh (your ssh config and keys; $ROOST_SSH_COMMAND "
+                         "replaces ssh) and use MODEL there through the same connection; the server stops when this "
+                         "ends (default: a model on this machine)")
+    command.add_argument("--ssh-roost", metavar="PATH",
+                         help="with --ssh, the roost command on HOST, as its shell reads it (default: roost, found by a "
+                         "login shell's PATH)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="roost", description="Run open LLMs on your own machine. Without a command: roost chat.")
     parser.add_argument("--version", action="version", version=f"roost {__version__}",
@@ -186,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the prompt (default: standard input, when piped; with both, the argument comes first)")
     run.add_argument("-n", "--max-tokens", type=_positive_int, metavar="N",
                      help="stop after N tokens (default: when the model stops or the context is full)")
+    run.add_argument("--schema", metavar="FILE|JSON",
+                     help="answer with JSON that matches this JSON schema (a file, or the schema itself): stdout is "
+                     "the JSON alone; a reasoning model does not think (default: free text)")
     _sampling_options(run)
     _thinking_options(run)
     run.add_argument("--hide-thinking", action="store_true",
@@ -197,7 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "context used, thinking and answer apart (default: off)")
     _json_option(run)
     _local_engine_options(run)
+    _kv_options(run)
     _remote_options(run)
+    _ssh_options(run)
+    run.add_argument("--no-server", action="store_true",
+                     help="load the model in this process even when a roost server running here serves it "
+                     "(default: answer through that server, where it has or can load the model and no option "
+                     "only a local load takes is given)")
     run.set_defaults(handler=cmd_run)
 
     fit = commands.add_parser(
@@ -216,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--cpu", action="store_true", help="plan for the CPU alone (default: the GPU if there is one)")
     _json_option(fit)
     _min_speed_option(fit)
+    _kv_options(fit)
     fit.set_defaults(handler=cmd_fit)
 
     pull = commands.add_parser("pull", help="download a model (the quant that fits here, unless one is named)",
@@ -262,27 +332,66 @@ def build_parser() -> argparse.ArgumentParser:
     _thinking_options(chat)
     _ctx_option(chat)
     _local_engine_options(chat)
+    _kv_options(chat)
     _remote_options(chat)
+    _ssh_options(chat)
     chat.set_defaults(handler=cmd_chat)
 
     serve = commands.add_parser(
-        "serve", help="serve a model over an OpenAI-compatible HTTP API",
-        description="Load MODEL once and answer OpenAI API requests: /v1/chat/completions, /v1/completions, "
-        "/v1/models, /health, /metrics. One answer at a time; others wait in a queue.")
-    serve.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+        "serve", help="serve models over an OpenAI-compatible HTTP API",
+        description="Answer OpenAI API requests: /v1/chat/completions, /v1/completions, /v1/models, /health, "
+        "/metrics, and /api/ps and /api/stop. A request's model is loaded when it names one on disk, each in its "
+        "own process, and unloaded when idle or to make room; MODEL is loaded first. One answer at a time per "
+        "model; others wait in a queue.")
+    serve.add_argument("model", metavar="MODEL", nargs="?",
+                       help=f"{MODEL_HELP}, loaded before serving and kept (default: none; requests load theirs)")
     serve.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every network)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT, metavar="N",
                        help=f"port to listen on, 0 for any free one (default: {DEFAULT_PORT})")
+    serve.add_argument("--keep-alive", type=_serve_value("parse_duration"), default=argparse.SUPPRESS,
+                       metavar="DURATION",
+                       help="unload a model idle this long: 30s, 5m, 1h, 0 (right after each answer), -1 (never); a "
+                       "request's keep_alive field sets its model's (default: 5m for models loaded on demand; MODEL "
+                       "stays loaded)")
+    serve.add_argument("--max-memory", type=_serve_value("parse_size"), metavar="SIZE",
+                       help="the most memory the loaded models may plan to use together, of each of VRAM and RAM: "
+                       "300MB, 8GiB (default: what `roost fit` finds free here at start)")
+    serve.add_argument("--models-max", type=_positive_int, metavar="N",
+                       help="the most models loaded at once (default: as many as fit in memory)")
+    serve.add_argument("--pull", action="store_true",
+                       help="download a model a request names that is not on disk, as roost pull would (default: "
+                       "404 model_not_found, saying to run roost pull)")
     _api_key_option(serve)
+    serve.add_argument("--api-key-stdin", action="store_true",
+                       help="read the API key from standard input's first line, out of sight of ps, and stop when "
+                       "standard input closes, as roost chat --ssh starts it (default: --api-key)")
     serve.add_argument("--name", metavar="ID",
                        help="the model's id in the API (default: MODEL as given, or the file's name)")
     serve.add_argument("--queue", type=_positive_int, default=16, metavar="N",
                        help="requests that may wait while one is answered; more get 503 (default: 16)")
     _thinking_options(serve)  # the defaults; a request may ask otherwise
+    serve.add_argument("--truncate", action="store_true",
+                       help="a chat longer than the context leaves out its oldest turns (the system prompt and the "
+                       "latest kept) and says how many in the X-Roost-Dropped-Turns header, as the chat app does "
+                       "(default: refused with 400 context_length_exceeded, as OpenAI's API does)")
     _ctx_option(serve)
     _local_engine_options(serve)
+    _kv_options(serve)
     serve.set_defaults(handler=cmd_serve)
+
+    ps = commands.add_parser("ps", help="the models the roost servers running here have loaded",
+                             description="For each roost server running on this machine (found by the state file "
+                             "serve writes in the data folder): its models, engine, device, memory in use and "
+                             "planned, time idle, when it unloads, and state.")
+    _json_option(ps)
+    ps.set_defaults(handler=cmd_ps)
+
+    stop = commands.add_parser("stop", help="unload a model from the roost server running here",
+                               description="Unload MODEL now from the roost server on this machine that has it "
+                               "loaded; its memory is freed, and the next request for it loads it again.")
+    stop.add_argument("model", metavar="MODEL", help="the model's id, as roost ps shows it")
+    stop.set_defaults(handler=cmd_stop)
 
     bench = commands.add_parser(
         "bench", help="measure prompt processing and generation speed here",
@@ -298,8 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tokens generated per generation run (default: 128)")
     bench.add_argument("-r", "--repetitions", type=_positive_int, default=5, metavar="N",
                        help="runs of each, after one warm-up run (default: 5)")
-    _ctx_option(bench, default="enough for the runs, PP + TG + 64")
+    bench.add_argument("-d", "--depth", type=_budget, default=0, metavar="N",
+                       help="measure both with N tokens already in the context, as llama-bench's -d: decode at 16k "
+                       "is what a long chat feels like (default: 0)")
+    _ctx_option(bench, default="enough for the runs, DEPTH + PP + TG + 64")
     _local_engine_options(bench)
+    _kv_options(bench)
     _json_option(bench)
     bench.add_argument("--history", action="store_true", help=HISTORY_HELP)
     _remote_options(bench)
@@ -337,10 +450,35 @@ def build_parser() -> argparse.ArgumentParser:
     _thinking_options(evaluate, budget="512 for a model that thinks, added to each item's max_tokens")
     _ctx_option(evaluate, more=f"; with --ppl, tokens per chunk (default: {PPL_CTX})")
     _local_engine_options(evaluate)
+    _kv_options(evaluate, several=True)
     _api_key_option(evaluate)
     _json_option(evaluate)
     evaluate.add_argument("--history", action="store_true", help=HISTORY_HELP)
+    evaluate.add_argument("--from-history", action="store_true",
+                          help="build an eval set from the answers marked good or bad in the chat app, write it and "
+                          "exit; run it with roost eval MODEL --set FILE (default: off)")
+    evaluate.add_argument("--out", metavar="FILE",
+                          help="with --from-history, where the set goes (default: from-history.jsonl in roost's "
+                          "data folder)")
     evaluate.set_defaults(handler=cmd_eval)
+
+    conversations = commands.add_parser(
+        "history", help="saved conversations: list, show, export, remove",
+        description="The conversations the chat app saved, the most recent first: a short ID, date, model, turns "
+        "and first question. show ID: the questions, thoughts (dimmed), answers and each answer's stats. "
+        "export ID: Markdown (model, settings, stats) or JSON (OpenAI-style messages, settings, stats, marks). "
+        "rm ID: gone for good. An ID is any unique start of the one listed, or of the file's name.")
+    conversations.add_argument("action", metavar="ACTION", nargs="?", choices=("show", "export", "rm"),
+                               help="show, export or rm (default: list them)")
+    conversations.add_argument("id", metavar="ID", nargs="?", help="the conversation, as roost history lists it")
+    conversations.add_argument("--format", choices=("md", "json"),
+                               help="with export: md (Markdown) or json (default: md)")
+    conversations.add_argument("-o", "--output", metavar="FILE",
+                               help="with export: write it to FILE (default: standard output)")
+    conversations.add_argument("-y", dest="yes", action="store_true",
+                               help="with rm: remove without asking (default: ask at a terminal, refuse elsewhere)")
+    _json_option(conversations)
+    conversations.set_defaults(handler=cmd_history)
 
     doctor = commands.add_parser("doctor", help="check this machine and roost's engines",
                                  description="The machine, the engines that can run here, and fixes for common "

@@ -37,7 +37,7 @@ def cmd_bench(args) -> int:
     else:
         if args.model is None:
             raise UsageError("give a model: roost bench MODEL (or --remote URL, or --history)")
-        args.ctx = args.ctx or args.pp + args.tg + 64  # room for the runs, and no more memory than they need
+        args.ctx = args.ctx or args.depth + args.pp + args.tg + 64  # room for the runs, and no more memory than they need
         model = prepare(args, measure=True)  # its result is set beside the ceiling
         name = model.name
         loading = time.perf_counter()
@@ -47,13 +47,20 @@ def cmd_bench(args) -> int:
     try:
         with first_interrupt_cancels(cancel):
             result = bench.run(engine, args.pp, args.tg, args.repetitions, model=name, load_s=load_s,
-                               ceiling_tps=ceiling, cancel=cancel,
+                               ceiling_tps=ceiling, depth=args.depth, cancel=cancel,
                                on_step=None if args.json else lambda step: print(f"  {step}…", file=sys.stderr))
     finally:
         engine.close()
     kept = results.remember("bench", result.as_dict())
     print(json.dumps(result.as_dict(), indent=2) if args.json else report.bench(result))
     if not args.json:
+        setup = [f"at depth {result.depth}"] if result.depth else []
+        if result.kv_type is not None:
+            setup.append(f"KV cache {result.kv_type}")
+        if result.flash_attn is not None:
+            setup.append(f"flash attention {'on' if result.flash_attn else 'off'}")
+        if setup:
+            print(" · ".join(setup))
         print(f"kept in {kept}", file=sys.stderr)
     return 0
 
@@ -62,6 +69,12 @@ def cmd_eval(args) -> int:
     from roost import report
     from roost.measure import results
 
+    if args.out and not args.from_history:
+        raise UsageError("--out goes with --from-history")
+    if args.from_history:
+        from roost.cli.history import eval_from_history
+
+        return eval_from_history(args)
     if args.history:
         records = results.past("eval", " ".join(args.models) or None)
         scored = results.past("perplexity", " ".join(args.models) or None)
@@ -92,7 +105,7 @@ def _eval_models(args, ctx: int | None):
     loaded in turn, each in a process of its own, and closed before the next (which gives
     all its memory back): yields (the name shown, path, engine, load seconds, crash); path
     is None for a server; engine is None, and crash the EngineCrashed, where the engine
-    crashed as it loaded."""
+    crashed as it loaded. With several --kv types, each model runs with each, in order."""
     import time
 
     from roost.backends import connect, load
@@ -100,13 +113,19 @@ def _eval_models(args, ctx: int | None):
     from roost.models import loading
     from roost.report import labels
 
+    kv_types = args.kv or [None]
     prepared = []  # (spec, name shown, Prepared or None for a server)
     for spec, name in zip(args.models, labels(args.models)):
         if spec.startswith(("http://", "https://")):
+            if args.kv or args.flash_attn:
+                raise UsageError(f"{spec}: --kv and --flash-attn are set on the server, not here")
             prepared.append((spec, name, None))
-        else:
-            prepared.append((spec, name, loading.prepare(spec, ctx=ctx, engine=args.engine, gpu_layers=args.gpu_layers,
-                                                         threads=args.threads, fetch=downloads(yes=args.yes))))
+            continue
+        for kv in kv_types:
+            prepared.append((spec, f"{name} · KV {kv}" if len(kv_types) > 1 else name,
+                             loading.prepare(spec, ctx=ctx, engine=args.engine, gpu_layers=args.gpu_layers,
+                                             threads=args.threads, fetch=downloads(yes=args.yes), kv_type=kv,
+                                             flash_attn=args.flash_attn)))
     for spec, name, model in prepared:
         path = model and model.path
         started = time.perf_counter()
@@ -228,7 +247,7 @@ def _eval_perplexity(args) -> int:
                         raise crash
                     score, kept = perplexity.score(
                         engine, text, ctx, model=name, text_name=args.ppl, limit=args.chunks, reference=reference,
-                        keep=reference is None and len(args.models) > 1, cancel=cancel,
+                        keep=reference is None and len(args.models) * len(args.kv or [None]) > 1, cancel=cancel,
                         on_chunk=lambda i, n, name=name: _progress(args, f"{name}: chunk {i + 1}/{n}…"))
                 except EngineCrashed as e:  # the next model scores (and is the reference, if none is yet)
                     _crashed(name, str(e))

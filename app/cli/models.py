@@ -14,16 +14,20 @@ from roost.models.loading import DEFAULT_CTX
 
 def prepare(args, model: str | None = None, measure: bool = False):
     """loading.prepare with what run, chat, serve and bench were given: MODEL, --ctx,
-    --engine, --gpu-layers, --threads, and -y for what is not downloaded yet. measure: the
-    command shows the decode ceiling (bench), so the memory bandwidth is measured if it
-    never was (hardware.detect)."""
+    --engine, --gpu-layers, --threads, --kv, --flash-attn, and -y for what is not
+    downloaded yet. measure: the command shows the decode ceiling (bench), so the memory
+    bandwidth is measured if it never was (hardware.detect)."""
     from roost.machine import hardware
     from roost.models import loading
 
     machine = hardware.detect(gpus=loading.can_offload(), measure=True) if measure else None
-    return loading.prepare(args.model if model is None else model, ctx=args.ctx, engine=args.engine,
-                           gpu_layers=args.gpu_layers, threads=args.threads, machine=machine,
-                           fetch=downloads(yes=args.yes))
+    prepared = loading.prepare(args.model if model is None else model, ctx=args.ctx, engine=args.engine,
+                               gpu_layers=args.gpu_layers, threads=args.threads, machine=machine,
+                               fetch=downloads(yes=args.yes), kv_type=args.kv, flash_attn=args.flash_attn)
+    if args.kv is None and prepared.plan.kv_type != "f16":
+        print(f"roost: a {prepared.plan.kv_type} KV cache lets {prepared.plan.n_ctx} tokens of context fit here, "
+              "where an f16 one would not (--kv f16 to refuse)", file=sys.stderr)
+    return prepared
 
 
 def downloads(*, yes: bool):
@@ -67,7 +71,8 @@ def cmd_fit(args) -> int:
     else:
         raise UsageError("give one catalog name or Hub repo, or several local .gguf files of one model")
     n_ctx = loading.context(args.ctx, name, limit)
-    ranking = fit.rank(shape, quants, n_ctx, machine, use_gpu=not args.cpu, min_tps=args.min_speed)
+    ranking = fit.rank(shape, quants, n_ctx, machine, use_gpu=not args.cpu, min_tps=args.min_speed,
+                       kv_type=args.kv, flash_attn=args.flash_attn or "auto")
     # A catalog model may run on MLX instead of these GGUFs: which engine, and why.
     engine = loading.choose_engine(None, refs[0], machine, n_ctx) if refs[0].model and not args.cpu else None
     notes = warnings(name, refs[0].model, ranking, machine, n_ctx)
@@ -116,6 +121,11 @@ def cmd_pull(args) -> int:
 
     machine = hardware.detect(measure=True)
     ref = catalog.resolve(args.model)
+    if ref.path and ref.source:
+        from roost.models.other_apps import APPS
+
+        raise UsageError(f"{args.model} is already on disk, in {APPS[ref.source]}'s store ({ref.path}): nothing to pull; "
+                         f"roost run {args.model} reads it there")
     if ref.path:
         raise UsageError(f"{args.model} is a local file: nothing to pull")
     engine = loading.choose_engine(args.engine, ref, machine, args.ctx)
@@ -204,11 +214,12 @@ def cmd_search(args) -> int:
         return 1
     else:
         rows = [["name", "family", "params", "kind", "best here", "fits", "ceiling", "predicted"]]
-        rows += [[o.name, o.family, report.params(o.params), o.kind,
+        rows += [[o.name, o.family, report.params(o.params), o.kind + (", older" if o.older else ""),
                   o.pick.quant.name if o.pick and not o.too_slow else "—", report.listed_fit(o),
                   report.ceiling(o.pick), report.predicted(o.pick)] for o in offers]
         print(report.table(rows))
-        notes = [report.too_slow(o.name, o.ranking) for o in offers if o.too_slow]
+        slow = [o for o in offers if o.too_slow]
+        notes = [report.passed_over(slow, slow[0].ranking.min_tps)] if slow else []
         notes += [report.low_bits(o.name, o.pick, listing.smaller_at_4_bits(o.family, o.params, every))
                   for o in offers if o.pick and o.pick.low_bits and not o.too_slow]
         print("".join(f"\n{n}" for n in notes), end="\n" if notes else "")

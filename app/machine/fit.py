@@ -12,7 +12,7 @@ best quality that fits and is predicted to decode at least a floor (MIN_TPS) fas
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from roost.machine.hardware import GiB, Machine
 from roost.machine.model_memory import (CUDA_CONTEXT, MiB, Estimate, Quant, Shape, bytes_per_token, estimate,
@@ -46,6 +46,31 @@ LOW_BIT_QUANT = re.compile(r"^(I?Q[123]_|IQ[123]|TQ[12]_|[123]-?bit$)", re.I)
 # Quality gains stop being measurable above 8-bit quants: Q8_0 and F16 rank equal,
 # and the smaller (faster) one wins.
 QUALITY_CAP_BPW = 8.5
+# Flash attention where roost's "auto" turns it on. On CUDA and Metal: on, as llama.cpp's
+# own auto has it (llama_context enables it wherever the device holding the KV cache runs
+# the flash-attention kernel, which CUDA and Metal do for the common head sizes). On the
+# CPU: on, measured by bench/flash_attention.py on this project's 2-core EPYC (shared with
+# other work, so each figure is ±15 %): on ÷ off, a 0.5B shape (Qwen2.5-0.5B's, Q8_0) at
+# an empty context pp 1.04, tg 1.28, at 4,096 tokens of depth pp 1.15, tg 1.40; the 135M
+# demo pp 1.15, tg 1.18 empty, but pp 0.61, tg 0.88 at 4,096 (its 9 small heads: a model
+# that size is the exception, not what people run). Its compute buffer also stops growing
+# with n_ctx × heads (the 0.5B shape at 4,288 tokens: 137 -> 100 MiB; at 8,192: 249 -> 100).
+CPU_FLASH_ATTN = True
+KV_TYPES = ("f16", "q8_0", "q4_0")
+
+
+def flash_attention(setting: str, kv_type: str, device: str) -> bool:
+    """Whether to run flash attention: setting is "auto", "on" or "off", device where
+    the layers run ("CPU", "CUDA", "Metal"). A quantized KV cache needs it: llama.cpp
+    quantizes V only with flash attention, so auto turns it on, and off is refused."""
+    if kv_type != "f16":
+        if setting == "off":
+            from roost.errors import UsageError
+
+            raise UsageError(f"--kv {kv_type} needs flash attention (llama.cpp quantizes the V cache only with it): "
+                             "drop --flash-attn off, or use --kv f16")
+        return True
+    return (device != "CPU" or CPU_FLASH_ATTN) if setting == "auto" else setting == "on"
 
 
 @dataclass(frozen=True)
@@ -112,6 +137,8 @@ class Option:
     bits_per_weight: float
     why_not: str = ""
     predicted_tps: float | None = None  # the ceiling at the share decoding reaches (DECODE_SHARE)
+    kv_type: str = "f16"  # the KV cache's type this option is planned with
+    flash_attn: bool = False  # whether it is planned with flash attention
 
     @property
     def low_bits(self) -> bool:
@@ -131,6 +158,8 @@ class Option:
             "predicted_tps": round(self.predicted_tps, 1) if self.predicted_tps else None,
             "low_bits": self.low_bits,
             "why_not": self.why_not or None,
+            "kv_type": self.kv_type,
+            "flash_attn": self.flash_attn,
         }
 
 
@@ -155,23 +184,28 @@ def ceiling(shape: Shape, quant: Quant, b: Budget, n_gpu_layers: int, ctx_used: 
     return 1 / seconds if seconds else None
 
 
-def option(shape: Shape, quant: Quant, n_ctx: int, b: Budget) -> Option:
+def option(shape: Shape, quant: Quant, n_ctx: int, b: Budget, kv_type: str = "f16",
+           flash_attn: str = "auto") -> Option:
     bpw = quant.bits_per_weight(shape)
+    fa = flash_attention(flash_attn, kv_type, b.device)
 
     def make(fit: str, k: int, est: Estimate, why: str = "") -> Option:
         return Option(quant, fit, k, est, ceiling(shape, quant, b, k), bpw, why,
-                      ceiling(shape, quant, b, k, predicted=True))
+                      ceiling(shape, quant, b, k, predicted=True), kv_type, fa)
+
+    def place(k: int, gpu_runtime: int = 0) -> Estimate:
+        return estimate(shape, quant, n_ctx, k, kv_type, gpu_runtime, fa)
 
     if b.unified or b.device == "CPU":
         k = -1 if b.unified else 0
-        est = unified_estimate(shape, quant, n_ctx) if b.unified else estimate(shape, quant, n_ctx, 0)
+        est = unified_estimate(shape, quant, n_ctx, kv_type, fa) if b.unified else place(0)
         room = b.gpu_bytes if b.unified else b.host_bytes
         if est.total <= room:
             return make("full", k, est)
         return make("no", k, est, f"needs {_gib(est.total)}, {_gib(room)} available")
 
     def fits(k: int) -> Estimate | None:
-        est = estimate(shape, quant, n_ctx, k, gpu_runtime=b.gpu_runtime)
+        est = place(k, b.gpu_runtime)
         return est if est.gpu <= b.gpu_bytes and est.host <= b.host_bytes else None
 
     if est := fits(-1):
@@ -179,10 +213,10 @@ def option(shape: Shape, quant: Quant, n_ctx: int, b: Budget) -> Option:
     for k in range(shape.n_layer, 0, -1):
         if est := fits(k):
             return make("partial", k, est)
-    cpu = estimate(shape, quant, n_ctx, 0)
+    cpu = place(0)
     if cpu.total <= b.host_bytes:
         return make("cpu", 0, cpu)
-    full = estimate(shape, quant, n_ctx, -1, gpu_runtime=b.gpu_runtime)
+    full = place(-1, b.gpu_runtime)
     return make("no", 0, full,
                 f"needs {_gib(full.total)}; {_gib(b.gpu_bytes)} on the GPU and {_gib(b.host_bytes)} in RAM available")
 
@@ -210,14 +244,35 @@ class Ranking:
 
 
 def tps(value: float | None) -> str:
-    """A predicted rate as the reasons say it: whole numbers, but not 0."""
-    return "?" if value is None else f"{value:.0f}" if value >= 9.5 else f"{value:.1f}"
+    """A predicted rate as the reasons say it: whole numbers from 10, one decimal below,
+    rounded down there so that a rate under a floor of 10 never reads as 10."""
+    return "?" if value is None else f"{value:.0f}" if value >= 10 else f"{int(value * 10) / 10:.1f}"
+
+
+# How well a pick fits, best first.
+FIT_ORDER = ("full", "partial", "cpu", "no")
 
 
 def rank(shape: Shape, quants: list[Quant], n_ctx: int, machine: Machine, use_gpu: bool = True,
-         min_tps: float = MIN_TPS) -> Ranking:
-    b = budget(machine, use_gpu)
-    options = sorted((option(shape, q, n_ctx, b) for q in quants), key=lambda o: -o.quant.file_bytes)
+         min_tps: float = MIN_TPS, kv_type: str | None = None, flash_attn: str = "auto") -> Ranking:
+    """Every quant placed and the pick, with its reason. kv_type None: the planner's own
+    choice, f16, or q8_0 (half the memory, nearly f16's quality) where nothing fits all on
+    the fast memory with f16 and q8_0 lets the pick fit better."""
+    if kv_type is not None:
+        return _rank(shape, quants, n_ctx, budget(machine, use_gpu), min_tps, kv_type, flash_attn)
+    f16 = _rank(shape, quants, n_ctx, budget(machine, use_gpu), min_tps, "f16", flash_attn)
+    if f16.pick is not None and f16.pick.fit == "full" or flash_attn == "off":
+        return f16
+    q8 = _rank(shape, quants, n_ctx, f16.budget, min_tps, "q8_0", flash_attn)
+    if q8.pick is None or FIT_ORDER.index(q8.pick.fit) >= FIT_ORDER.index(f16.pick.fit if f16.pick else "no"):
+        return f16
+    return replace(q8, reason=q8.reason + ", with a q8_0 KV cache (an f16 one would not fit as well)")
+
+
+def _rank(shape: Shape, quants: list[Quant], n_ctx: int, b: Budget, min_tps: float, kv_type: str,
+          flash_attn: str) -> Ranking:
+    options = sorted((option(shape, q, n_ctx, b, kv_type, flash_attn) for q in quants),
+                     key=lambda o: -o.quant.file_bytes)
     by_quality = sorted(options, key=lambda o: (-min(o.bits_per_weight, QUALITY_CAP_BPW), o.quant.file_bytes))
     where = {"CUDA": f"the {b.device_name}'s free VRAM", "Metal": f"the {b.device_name}'s unified memory",
              "CPU": "free RAM"}[b.device]
@@ -260,39 +315,50 @@ def for_gguf(info, n_ctx: int, machine: Machine, use_gpu: bool = True,
     return shape, rank(shape, [Quant.from_gguf(info, shape)], n_ctx, machine, use_gpu, min_tps)
 
 
-def largest_context(shape: Shape, quant: Quant, b: Budget, up_to: int) -> int:
+def largest_context(shape: Shape, quant: Quant, b: Budget, up_to: int, kv_type: str = "f16",
+                    flash_attn: str = "auto") -> int:
     """The largest context (a multiple of 256, as llama.cpp pads it) at which this quant
     still fits somewhere on this machine; 0 if none does."""
     best, lo, hi = 0, 1, up_to // 256
     while lo <= hi:
         mid = (lo + hi) // 2
-        if option(shape, quant, mid * 256, b).fit != "no":
+        if option(shape, quant, mid * 256, b, kv_type, flash_attn).fit != "no":
             best, lo = mid * 256, mid + 1
         else:
             hi = mid - 1
     return best
 
 
-def plan_file(info, n_ctx: int, machine: Machine, can_offload: bool, gpu_layers: int | None = None):
+def plan_file(info, n_ctx: int, machine: Machine, can_offload: bool, gpu_layers: int | None = None,
+              kv_type: str | None = None, flash_attn: str = "auto"):
     """How to load one GGUF for a run: (Plan, Option), or ModelTooBig before any loading."""
     shape = Shape.from_gguf(info)
-    return plan_quant(info.name, shape, Quant.from_gguf(info, shape), n_ctx, machine, can_offload, gpu_layers)
+    return plan_quant(info.name, shape, Quant.from_gguf(info, shape), n_ctx, machine, can_offload, gpu_layers,
+                      kv_type, flash_attn)
 
 
 def plan_quant(name: str, shape: Shape, quant: Quant, n_ctx: int, machine: Machine, use_gpu: bool,
-               gpu_layers: int | None = None):
+               gpu_layers: int | None = None, kv_type: str | None = None, flash_attn: str = "auto"):
     """How to load one model for a run, whatever the engine: (Plan, Option), or
-    ModelTooBig before any loading."""
+    ModelTooBig before any loading. The Plan carries the KV type and flash attention the
+    option was planned with, so that what loads is what was planned."""
     from roost.backends.base import Plan
     from roost.errors import ModelTooBig
 
-    ranking = rank(shape, [quant], n_ctx, machine, use_gpu)
+    ranking = rank(shape, [quant], n_ctx, machine, use_gpu, kv_type=kv_type, flash_attn=flash_attn)
     chosen = ranking.options[0]
     if chosen.fit == "no" and gpu_layers is None:
-        fits_at = largest_context(shape, chosen.quant, ranking.budget, n_ctx)
-        hint = (f"it would fit with --ctx {fits_at}" if fits_at >= 256
+        # The planner's own choice would take a q8_0 KV cache at a context only that fits.
+        fits_at = largest_context(shape, chosen.quant, ranking.budget, n_ctx,
+                                  kv_type or ("f16" if flash_attn == "off" else "q8_0"), flash_attn)
+        # An f16 cache asked for by name, where the planner would have taken q8_0.
+        q8_fits = kv_type == "f16" and flash_attn != "off" and option(
+            shape, chosen.quant, n_ctx, ranking.budget, "q8_0", flash_attn).fit != "no"
+        ways = ["--kv q8_0"] * q8_fits + [f"--ctx {fits_at}"] * (fits_at >= 256)
+        hint = (f"it would fit with {' or '.join(ways)}" if ways
                 else "it does not fit at any context; pick a smaller quant or model")
         raise ModelTooBig(f"{name} does not fit in memory at {n_ctx} tokens of context: "
                           f"it {chosen.why_not}; {hint}")
     layers = chosen.n_gpu_layers if gpu_layers is None else gpu_layers
-    return Plan(n_ctx=n_ctx, n_gpu_layers=layers if use_gpu else 0), chosen
+    return Plan(n_ctx=n_ctx, n_gpu_layers=layers if use_gpu else 0, flash_attn="on" if chosen.flash_attn else "off",
+                kv_type=chosen.kv_type), chosen

@@ -42,6 +42,8 @@ class Shape:
     tied_embeddings: bool = False
     n_expert: int = 0
     n_expert_used: int = 0
+    sliding_window: int = 0  # tokens a sliding-window layer attends to; 0: none slides
+    swa_layers: tuple[bool, ...] = ()  # per layer: whether it attends through the window
 
     @classmethod
     def from_gguf(cls, info) -> "Shape":
@@ -60,7 +62,16 @@ class Shape:
             tied_embeddings="output.weight" not in names,
             n_expert=info.n_expert,
             n_expert_used=info.n_expert_used,
+            sliding_window=info.sliding_window,
+            swa_layers=tuple(info.swa_layers) if info.sliding_window else (),
         )
+
+    def kv_cells(self, layer: int, n_ctx: int) -> int:
+        """The KV cells llama.cpp gives a layer: the context, or for a sliding-window
+        layer its window and one micro-batch, padded to 256 (llama_kv_cache_iswa)."""
+        if not (self.swa_layers and self.swa_layers[layer]):
+            return n_ctx
+        return min(n_ctx, -(-(self.sliding_window + N_UBATCH) // 256) * 256)
 
 
 def _scalar(value) -> int:
@@ -142,20 +153,24 @@ class Estimate:
 
 
 def kv_bytes(shape: Shape, n_ctx: int, kv_type: str = "f16", layers: range | None = None) -> int:
-    heads = shape.n_head_kv if layers is None else [shape.n_head_kv[i] for i in layers]
-    per_token = sum(h * (shape.head_dim_k + shape.head_dim_v) for h in heads)
-    return int(per_token * n_ctx * KV_BYTES_PER_ELEMENT[kv_type])
+    layers = range(shape.n_layer) if layers is None else layers
+    elements = sum(shape.n_head_kv[i] * (shape.head_dim_k + shape.head_dim_v) * shape.kv_cells(i, n_ctx)
+                   for i in layers)
+    return int(elements * KV_BYTES_PER_ELEMENT[kv_type])
 
 
-def compute_bytes(shape: Shape, n_ctx: int) -> tuple[int, int]:
-    """llama.cpp's compute buffer, flash attention off (llama-cpp-python's default):
-    (reserved, touched). It reserves the larger of two peaks: a micro-batch's logits, or
-    one layer's attention scores over the full context. roost asks for one token's logits
-    at a time, so on the CPU only the attention peak is ever written, and only once the
-    context is full; untouched pages never become resident."""
+def compute_bytes(shape: Shape, n_ctx: int, flash_attn: bool = False) -> tuple[int, int]:
+    """llama.cpp's compute buffer: (reserved, touched). It reserves the larger of two
+    peaks: a micro-batch's logits, or one layer's attention. With flash attention off,
+    that layer holds its attention scores over the full context (n_ctx × heads, f32, and
+    the f32 mask); on, the scores are never materialised and only the f16 mask grows with
+    the context, so the logits usually rule. roost asks for one token's logits at a time,
+    so on the CPU only the attention peak is ever written, and only once the context is
+    full; untouched pages never become resident."""
     u = min(N_UBATCH, n_ctx)
     logits = (shape.n_vocab + 2 * shape.n_embd) * u * 4
-    attention = (n_ctx * (shape.n_head + 1) + shape.n_ff + 3 * shape.n_embd) * u * 4
+    layer = (shape.n_ff + 3 * shape.n_embd) * u * 4
+    attention = layer + (n_ctx * u * 2 if flash_attn else n_ctx * (shape.n_head + 1) * u * 4)
     return max(logits, attention), attention
 
 
@@ -166,7 +181,7 @@ def cpu_attention_work(shape: Shape, n_ctx: int) -> int:
 
 
 def estimate(shape: Shape, quant: Quant, n_ctx: int, n_gpu_layers: int = 0, kv_type: str = "f16",
-             gpu_runtime: int = CUDA_CONTEXT) -> Estimate:
+             gpu_runtime: int = CUDA_CONTEXT, flash_attn: bool = False) -> Estimate:
     """Memory for one context of n_ctx tokens, with n_gpu_layers on the GPU in
     llama.cpp's order: the last layers first, then (at n_layer + 1, or -1) the output.
     Host figures are what becomes resident with the context full; GPU figures are what
@@ -181,14 +196,16 @@ def estimate(shape: Shape, quant: Quant, n_ctx: int, n_gpu_layers: int = 0, kv_t
     host_weights = quant.weight_bytes - gpu_weights
     if shape.tied_embeddings and not output_on_gpu:
         host_weights -= quant.output_bytes  # output reads the embedding in place
-    reserved, touched = compute_bytes(shape, n_ctx)
-    host_compute, overhead, gpu = touched, RUNTIME_OVERHEAD + cpu_attention_work(shape, n_ctx), 0
+    reserved, touched = compute_bytes(shape, n_ctx, flash_attn)
+    # Flash attention on the CPU works on a few rows a thread: no scratch to speak of.
+    attention_work = 0 if flash_attn else cpu_attention_work(shape, n_ctx)
+    host_compute, overhead, gpu = touched, RUNTIME_OVERHEAD + attention_work, 0
     if k > 0:
         gpu = gpu_weights + kv_bytes(shape, n_ctx, kv_type, gpu_layers) + reserved + gpu_runtime
         overhead += gpu_runtime
         if output_on_gpu:  # every layer runs on the GPU: the host only stages inputs
             host_compute = shape.n_embd * 4 * min(N_UBATCH, n_ctx) * 4
-            overhead -= cpu_attention_work(shape, n_ctx)
+            overhead -= attention_work
     return Estimate(
         weights=gpu_weights + host_weights,
         kv=kv_bytes(shape, n_ctx, kv_type),
@@ -199,10 +216,11 @@ def estimate(shape: Shape, quant: Quant, n_ctx: int, n_gpu_layers: int = 0, kv_t
     )
 
 
-def unified_estimate(shape: Shape, quant: Quant, n_ctx: int, kv_type: str = "f16") -> Estimate:
+def unified_estimate(shape: Shape, quant: Quant, n_ctx: int, kv_type: str = "f16",
+                     flash_attn: bool = False) -> Estimate:
     """Everything on the GPU of a unified-memory Mac: Metal maps the weights where they
     lie (no copies), and its compute buffer is allocated whole."""
-    reserved, _ = compute_bytes(shape, n_ctx)
+    reserved, _ = compute_bytes(shape, n_ctx, flash_attn)
     weights = quant.weight_bytes - (quant.output_bytes if shape.tied_embeddings else 0)
     kv = kv_bytes(shape, n_ctx, kv_type)
     total = weights + kv + reserved + RUNTIME_OVERHEAD
@@ -214,7 +232,9 @@ def bytes_per_token(shape: Shape, quant: Quant, ctx_used: int = 0, kv_type: str 
     only the experts a token is routed to."""
     active = shape.n_expert_used / shape.n_expert if shape.n_expert else 1.0
     share = quant.expert_bytes / sum(quant.layer_bytes) if quant.expert_bytes else 0.0
-    kv_per_layer = [int(h * (shape.head_dim_k + shape.head_dim_v) * ctx_used * KV_BYTES_PER_ELEMENT[kv_type])
-                    for h in shape.n_head_kv]
+    # A sliding-window layer reads only the cells its cache holds, however long the chat.
+    kv_per_layer = [int(h * (shape.head_dim_k + shape.head_dim_v) * shape.kv_cells(i, ctx_used)
+                        * KV_BYTES_PER_ELEMENT[kv_type])
+                    for i, h in enumerate(shape.n_head_kv)]
     layers = [int(b * (1 - share) + b * share * active) + kv for b, kv in zip(quant.layer_bytes, kv_per_layer)]
     return layers, quant.output_bytes

@@ -14,7 +14,9 @@ The checks:
             alone in the answer is the model's pick ("A" before a lower-case word is
             the article, not a pick)
   contains  the answer contains this text, ignoring case (a list: any one of them)
-Optional: "id" (default: the line number), "system", "max_tokens" (default 48).
+Optional: "id" (default: the line number), "system", "max_tokens" (default 48), and
+"messages": the conversation before the prompt, a list of {"role": "user"|"assistant",
+"content": ...} (roost eval --from-history writes them; default: none).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from roost.errors import UsageError
 BUILTIN = resources.files("roost") / "data" / "eval-basic.jsonl"  # package data, in a wheel too
 DEFAULT_MAX_TOKENS = 48
 LETTERS = "ABCDEFGHIJ"
-_FIELDS = {"id", "prompt", "system", "max_tokens", "answer", "regex", "choices", "contains"}
+_FIELDS = {"id", "prompt", "system", "max_tokens", "answer", "regex", "choices", "contains", "messages"}
 # A letter standing alone, but not the article in "A dolphin is a mammal".
 _STANDALONE = re.compile(r"(?<![A-Za-z])(?!A [a-z])([A-J])(?![A-Za-z])")
 
@@ -44,6 +46,7 @@ class Item:
     system: str | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
     letters: str = ""  # a multiple-choice item's letters
+    before: tuple[dict, ...] = ()  # the conversation before the question ("messages")
 
     def check(self, output: str) -> bool:
         if self.kind == "answer":
@@ -135,10 +138,15 @@ def _item(record, number: int) -> Item:
     max_tokens = record.get("max_tokens", DEFAULT_MAX_TOKENS)
     if not (isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0):
         raise ValueError(f"max_tokens: give a whole number of at least 1, not {max_tokens!r}")
+    before = record.get("messages", [])
+    if not (isinstance(before, list) and all(
+            isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ("user", "assistant")
+            and isinstance(m["content"], str) for m in before)):
+        raise ValueError('messages: give a list of {"role": "user" or "assistant", "content": TEXT}')
     item_id = record.get("id", f"line {number}")
     if not isinstance(item_id, (str, int)) or isinstance(item_id, bool) or not str(item_id).strip():
         raise ValueError("id: give a string or a number")
-    return Item(str(item_id), question, kind, expected, system, max_tokens, letters)
+    return Item(str(item_id), question, kind, expected, system, max_tokens, letters, tuple(before))
 
 
 def parse(text: str, where: str) -> list[Item]:

@@ -132,6 +132,7 @@ def run(engine: Engine, items: list[Item], *, model: str, set_name: str, load_s:
     budget = plan.budget if plan else think_budget  # a server that does not say may still reason
     for i, item in enumerate(items):
         messages: list[Message] = [{"role": "system", "content": item.system}] if item.system else []
+        messages += [dict(m) for m in item.before]
         messages.append({"role": "user", "content": item.question})
         params = Params(temperature=0, seed=0, max_tokens=item.max_tokens + (plan.added_tokens if plan else 0),
                         think=think, think_budget=budget)

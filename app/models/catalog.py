@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from roost.errors import RoostError
+from roost.models.gguf_info import SWA_PERIOD, swa_layers
 
 
 def _catalog_file():
@@ -92,6 +93,8 @@ class Model:
             n_vocab=a["n_vocab"], n_ctx_train=self.context, n_params=int(self.params),
             tied_embeddings=a.get("tied_embeddings", False),
             n_expert=a.get("n_expert", 0), n_expert_used=a.get("n_expert_used", 0),
+            sliding_window=a.get("sliding_window", 0),
+            swa_layers=tuple(swa_layers(a["n_layer"], a["sliding_window_pattern"])) if "sliding_window" in a else (),
         )
 
     def quants(self) -> list:
@@ -119,6 +122,7 @@ class Model:
 
 
 ARCH_FIELDS = ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_vocab")
+SWA_FIELDS = ("sliding_window", "sliding_window_pattern")
 ARCH_NAME = re.compile(r"[a-z][a-z0-9_-]*")  # as llama.cpp spells them: qwen3moe, gpt-oss, nemotron_h
 
 
@@ -155,9 +159,16 @@ def parse(text: str, where: str = "models.toml") -> dict[str, Model]:
             raise bad(f"each gguf entry needs quant, file and a size in bytes ({e})") from None
         if not files:
             raise bad("lists no gguf files")
-        arch = {k: entry[k] for k in (*ARCH_FIELDS, "tied_embeddings", "n_expert", "n_expert_used") if k in entry}
+        arch = {k: entry[k] for k in (*ARCH_FIELDS, "tied_embeddings", "n_expert", "n_expert_used",
+                                      *SWA_FIELDS) if k in entry}
         if not all(isinstance(arch[k], int) and arch[k] > 0 for k in ARCH_FIELDS):
             raise bad(f"{', '.join(ARCH_FIELDS)} must be positive whole numbers")
+        if "sliding_window" in arch:
+            arch.setdefault("sliding_window_pattern", SWA_PERIOD.get(entry["arch"], 0))
+        if any(k in arch for k in SWA_FIELDS) and not all(
+                isinstance(arch.get(k), int) and arch[k] > 0 for k in SWA_FIELDS):
+            raise bad("sliding_window and sliding_window_pattern must be positive whole numbers "
+                      "(a pattern may be left out where llama.cpp knows the architecture's)")
         if not isinstance(entry["arch"], str) or not ARCH_NAME.fullmatch(entry["arch"]):
             raise bad(f"arch must be llama.cpp's name for the architecture, as in the GGUF's "
                       f"general.architecture (\"qwen3\", \"gpt-oss\"), not {entry['arch']!r}")

@@ -24,6 +24,18 @@ _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 _KEEP_ARRAY_UP_TO = 4096  # longer arrays (vocabularies, merges) are counted, not kept
 
+# Sliding-window attention as llama.cpp's loaders set it (src/models/ARCH.cpp,
+# hparams.set_swa_pattern(period)): of every `period` layers the last attends to the whole
+# context and the others to the window. A file's attention.sliding_window_pattern
+# (a period, or a flag per layer as Gemma 4 files have) takes precedence.
+SWA_PERIOD = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "gpt-oss": 2, "cohere2": 4}
+SWA_WINDOW = {"gemma2": 4096}  # llama.cpp's default where a file gives no window
+
+
+def swa_layers(n_layer: int, period: int) -> list[bool]:
+    """Which of n_layer layers slide when the last of every `period` attends to all."""
+    return [i % period < period - 1 for i in range(n_layer)]
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -120,6 +132,26 @@ class GGUFInfo:
     @property
     def n_expert_used(self) -> int:
         return int(self._arch("expert_used_count", 0))
+
+    @property
+    def swa_layers(self) -> list[bool]:
+        """Which layers attend through a sliding window, as llama.cpp lays them out: a
+        file's own per-layer pattern, else its period, else the architecture's."""
+        pattern = self._arch("attention.sliding_window_pattern", SWA_PERIOD.get(self.architecture, 0))
+        if not self._window or not pattern:
+            return [False] * self.n_layer
+        if isinstance(pattern, list):
+            return [bool(p) for p in pattern[: self.n_layer]] + [False] * (self.n_layer - len(pattern))
+        return swa_layers(self.n_layer, pattern)
+
+    @property
+    def sliding_window(self) -> int:
+        """The tokens a sliding-window layer attends to; 0 when no layer slides."""
+        return self._window if any(self.swa_layers) else 0
+
+    @property
+    def _window(self) -> int:
+        return int(self._arch("attention.sliding_window", 0) or SWA_WINDOW.get(self.architecture, 0))
 
     @property
     def tensor_bytes(self) -> int:

@@ -25,6 +25,7 @@ class Offer:
     n_layer: int = 0
     local: dict[str, str] = field(default_factory=dict)  # quant → path of a file already here
     engine: str = "llama"  # "mlx": each of `files` is an MLX build, its `file` the build's repo
+    older: bool = False  # the catalog marks it superseded: listed after the current ones
 
     @property
     def pick(self) -> fit.Option | None:
@@ -38,7 +39,7 @@ class Offer:
                 "pick": self.pick.quant.name if self.pick else None, "fits": report.best_fit(self),
                 "ceiling_tps": self.pick.ceiling_tps if self.pick else None,
                 "predicted_tps": round(self.pick.predicted_tps, 1) if self.pick and self.pick.predicted_tps else None,
-                "too_slow": self.too_slow, "low_bits": bool(self.pick and self.pick.low_bits)}
+                "too_slow": self.too_slow, "low_bits": bool(self.pick and self.pick.low_bits), "older": self.older}
 
     @property
     def too_slow(self) -> bool:
@@ -65,8 +66,8 @@ def catalog_offers(machine, n_ctx: int, have=(), min_tps: float = fit.MIN_TPS,
         local = {g.quant: on_disk[key] for g in m.gguf if (key := (m.gguf_repo.lower(), g.file)) in on_disk}
         ranking = fit.rank(m.shape(), m.quants(), min(n_ctx, m.context), machine, min_tps=min_tps)
         offers.append(Offer(m.name, m.family, m.params, m.kind, m.description, m.gguf_repo, m.gguf, ranking,
-                            m.arch["n_layer"], local))
-    return offers
+                            m.arch["n_layer"], local, older=m.older))
+    return _current_first(offers)
 
 
 def mlx_offers(machine, n_ctx: int, min_tps: float = fit.MIN_TPS) -> list[Offer]:
@@ -83,8 +84,13 @@ def mlx_offers(machine, n_ctx: int, min_tps: float = fit.MIN_TPS) -> list[Offer]
         local = {q.name: folder for repo, q in builds if (folder := mlx_models.cached_dir(repo))}
         ranking = fit.rank(m.shape(), [q for _, q in builds], min(n_ctx, m.context), machine, min_tps=min_tps)
         offers.append(Offer(m.name, m.family, m.params, m.kind, m.description, None, files, ranking,
-                            m.arch["n_layer"], local, engine="mlx"))
-    return offers
+                            m.arch["n_layer"], local, engine="mlx", older=m.older))
+    return _current_first(offers)
+
+
+def _current_first(offers: list[Offer]) -> list[Offer]:
+    """The catalog's order, with the entries it marks older after all the current ones."""
+    return sorted(offers, key=lambda o: o.older)
 
 
 def smaller_at_4_bits(family: str, params: float, offers: list[Offer]) -> tuple[Offer, fit.Option] | None:

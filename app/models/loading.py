@@ -35,26 +35,32 @@ class Prepared:
 
 
 def prepare(model: str, *, ctx: int | None = None, engine: str | None = None, gpu_layers: int | None = None,
-            threads: int | None = None, machine=None, fetch: Fetch | None = None) -> Prepared:
+            threads: int | None = None, machine=None, fetch: Fetch | None = None, kv_type: str | None = None,
+            flash_attn: str | None = None) -> Prepared:
     """A model reference (anything MODEL takes) made ready to load: run, chat, serve, bench,
     eval and the chat app's model list all go through here. engine is the one asked for
     (None: chosen); machine is detected if not given; without fetch, a model that is not
-    downloaded yet is an error."""
+    downloaded yet is an error. kv_type None: the planner's choice (fit.option);
+    flash_attn None: "auto"."""
     from roost.machine import hardware
     from roost.models import catalog
+
+    from roost.machine import fit
 
     ref = catalog.resolve(model)
     offload = can_offload()
     check_gpu_layers(gpu_layers, offload)  # before any download
+    flash_attn = flash_attn or "auto"
+    fit.flash_attention(flash_attn, kv_type or "f16", "CPU")  # --kv q8_0 --flash-attn off: refused before any download
     if machine is None:
         machine = hardware.detect(gpus=offload)
     chosen = engine_for(engine, ref, machine)
     if chosen == "mlx":
         path = mlx_folder(ref, machine, ctx, fetch)
-        name, plan_, option = plan_mlx(path, machine, ctx)
+        name, plan_, option = plan_mlx(path, machine, ctx, kv_type)
         return Prepared(path, name, plan_, chosen, option)
     path = model_file(ref, machine, ctx, fetch)
-    info, plan_, option = plan(path, machine, offload, ctx, gpu_layers, threads)
+    info, plan_, option = plan(path, machine, offload, ctx, gpu_layers, threads, kv_type, flash_attn)
     return Prepared(path, info.name, plan_, chosen, option)
 
 
@@ -106,6 +112,62 @@ def context(requested: int | None, name: str, trained: int) -> int:
     return requested
 
 
+def input_tokens(path: str, engine: str, text: str) -> int | None:
+    """How many tokens text is to a model, before the model is loaded: from its vocabulary
+    alone (llama.cpp's vocab_only: ~0.1 s, and ~0.02 s for 12,000 tokens) or an MLX
+    folder's tokenizer.json. None where neither can be read (loading the model says why)."""
+    import os
+
+    if engine == "mlx":
+        from tokenizers import Tokenizer
+
+        tokenizer = os.path.join(path, "tokenizer.json")
+        return len(Tokenizer.from_file(tokenizer).encode(text).ids) if os.path.isfile(tokenizer) else None
+    import llama_cpp
+
+    import roost.backends.llama_cpp  # noqa: F401  its log handler keeps llama.cpp's lines off the terminal
+
+    try:
+        vocab = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    except (ValueError, RuntimeError):
+        return None
+    try:
+        return len(vocab.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+    finally:
+        vocab.close()
+
+
+def input_context(prepared: Prepared, prompt: int, need: int, gpu_layers: int | None = None,
+                  kv_type: str | None = None, flash_attn: str | None = None) -> int:
+    """The context for a prompt of `prompt` tokens that needs `need` with its answer's, when
+    no --ctx was given: as many (padded to llama.cpp's 256), up to what the model was
+    trained on and the largest context that fits in memory here (fit.largest_context,
+    with a q8_0 KV cache where the planner would take one by itself, kv_type None).
+    A prompt that neither holds is refused before anything is loaded."""
+    from roost.machine import fit, hardware
+    from roost.models import gguf_info, mlx_models
+
+    offload = can_offload()
+    machine = hardware.detect(gpus=offload)
+    if prepared.engine == "mlx":
+        shape, use_gpu = mlx_models.local(prepared.path).shape, machine.apple is not None
+    else:
+        shape, use_gpu = fit.Shape.from_gguf(gguf_info.read(prepared.path)), offload and gpu_layers != 0
+    if shape.n_ctx_train and prompt >= shape.n_ctx_train:
+        raise UsageError(f"the input is about {prompt:,} tokens, and {prepared.name} was trained on up to "
+                         f"{shape.n_ctx_train:,}: shorten it")
+    wanted = -(-need // 256) * 256
+    if shape.n_ctx_train:
+        wanted = min(wanted, shape.n_ctx_train)
+    flash_attn = flash_attn or "auto"
+    fits = fit.largest_context(shape, prepared.option.quant, fit.budget(machine, use_gpu), wanted,
+                               kv_type or ("f16" if flash_attn == "off" else "q8_0"), flash_attn)
+    if fits <= prompt:
+        raise UsageError(f"the input is about {prompt:,} tokens, and memory here holds a context of "
+                         f"{fits:,} at most (--ctx {fits} fits here): shorten it")
+    return fits
+
+
 def can_offload() -> bool:
     """Whether this llama.cpp build can put layers on a GPU."""
     from roost.backends.llama_cpp import build_info
@@ -119,7 +181,7 @@ def check_gpu_layers(gpu_layers: int | None, offload: bool) -> None:
 
 
 def plan(path: str, machine, offload: bool, ctx: int | None = None, gpu_layers: int | None = None,
-         threads: int | None = None):
+         threads: int | None = None, kv_type: str | None = None, flash_attn: str = "auto"):
     """(GGUF info, Plan, the planner's Option) for one file on this machine; ModelTooBig
     before any loading."""
     from roost.machine import fit
@@ -127,7 +189,8 @@ def plan(path: str, machine, offload: bool, ctx: int | None = None, gpu_layers: 
 
     check_gpu_layers(gpu_layers, offload)
     info = gguf_info.read(path)
-    chosen, option = fit.plan_file(info, context(ctx, info.name, info.n_ctx_train), machine, offload, gpu_layers)
+    chosen, option = fit.plan_file(info, context(ctx, info.name, info.n_ctx_train), machine, offload, gpu_layers,
+                                   kv_type, flash_attn)
     return info, replace(chosen, n_threads=threads) if threads else chosen, option
 
 
@@ -248,14 +311,15 @@ def engine_for(requested: str | None, ref, machine, n_ctx: int | None = None) ->
     return choose_engine(requested, ref, machine, n_ctx).name
 
 
-def plan_mlx(path: str, machine, ctx: int | None = None):
+def plan_mlx(path: str, machine, ctx: int | None = None, kv_type: str | None = None):
     """(name, Plan, Option) for an MLX model folder; ModelTooBig before any loading. MLX
-    places everything on the GPU of a Mac, and on the CPU elsewhere."""
+    places everything on the GPU of a Mac, and on the CPU elsewhere; its quantized KV
+    cache (kv_bits) is planned as llama.cpp's q8_0 and q4_0, the same bytes an element."""
     from roost.machine import fit
     from roost.models import mlx_models
 
     model = mlx_models.local(path)
     n_ctx = context(ctx, model.name, model.shape.n_ctx_train)
     chosen, option = fit.plan_quant(model.name, model.shape, model.quant, n_ctx, machine,
-                                    use_gpu=machine.apple is not None)
+                                    use_gpu=machine.apple is not None, kv_type=kv_type)
     return model.name, chosen, option

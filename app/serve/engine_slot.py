@@ -1,5 +1,5 @@
-"""The one engine behind `roost serve`: one generation at a time, and a new process when
-the engine's dies.
+"""One model's engine behind `roost serve` (pool.py holds them): one generation at a
+time, and a new process when the engine's dies.
 
 Requests wait their turn at a Gate (a bounded queue, first come first served). Each
 generation runs the engine's blocking stream on its own thread and hands its events to the
@@ -11,6 +11,7 @@ loaded again in a new one while requests are told to come back shortly.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import AsyncIterator, Callable, Iterator
 
 from starlette.requests import Request
 
-from roost.backends.base import Cancel, Done, Engine, Event
+from roost.backends.base import Cancel, Done, Engine, Event, Progress
 from roost.errors import EngineCrashed
 from roost.serve.openai_api import ApiError
 
@@ -54,19 +55,39 @@ class Gate:
         self._lock.release()
 
 
+# Time to first token on a local box: tens of milliseconds for a short prompt on a GPU, a
+# minute for a long one read on a CPU.
+TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
 class Counters:
     def __init__(self) -> None:
         self.started = time.time()
         self.answered = self.cancelled = self.refused = self.failed = 0
         self.crashes = 0  # times the engine's process died
         self.last = None  # the Stats of the last answer
+        # Summed over every answer, cancelled ones too: their tokens were read and written.
+        self.prompt_tokens = self.cached_tokens = self.generated_tokens = 0
+        self.prefill_s = self.decode_s = 0.0
+        # Answers by time to first token: ttft_counts[i] of them within TTFT_BUCKETS_S[i]
+        # and over the one before (the last, over all of them); ttft_s their sum.
+        self.ttft_counts = [0] * (len(TTFT_BUCKETS_S) + 1)
+        self.ttft_s = 0.0
 
     def count(self, done: Done) -> None:
-        self.last = done.stats
-        if done.stats.stop_reason == "cancelled":
+        stats = self.last = done.stats
+        if stats.stop_reason == "cancelled":
             self.cancelled += 1
         else:
             self.answered += 1
+        self.prompt_tokens += stats.prompt_tokens
+        self.cached_tokens += stats.cached_tokens
+        self.generated_tokens += stats.generated_tokens
+        self.prefill_s += stats.prefill_s
+        self.decode_s += stats.decode_s
+        if stats.generated_tokens:  # no first token, no time to it
+            self.ttft_counts[bisect.bisect_left(TTFT_BUCKETS_S, stats.ttft_s)] += 1
+            self.ttft_s += stats.ttft_s
 
 
 class EngineSlot:
@@ -81,6 +102,7 @@ class EngineSlot:
         self.running: set[Cancel] = set()
         self.state = "ok"  # "loading": again, after a crash; "crashed": and that failed too (the next request retries)
         self.crash: str | None = None  # the last crash, as said
+        self.last_used = time.monotonic()  # when an answer last ended (or a request came): the pool's keep-alive
         self._state_lock = threading.Lock()
 
     def stop_all(self) -> None:
@@ -160,6 +182,8 @@ class EngineSlot:
         def produce() -> None:
             try:
                 for event in run(cancel):
+                    if isinstance(event, Progress):  # the API has no place for it
+                        continue
                     if isinstance(event, Done):
                         self.counters.count(event)
                     put(event)
@@ -170,6 +194,7 @@ class EngineSlot:
                 put(e)
             finally:
                 self.running.discard(cancel)
+                self.last_used = time.monotonic()
                 put(_END)
                 try:
                     loop.call_soon_threadsafe(self.gate.leave)

@@ -4,10 +4,14 @@ The engine runs in a worker thread and the screen only renders what the session'
 events carry: text is appended in batches (at most every BATCH_S), so drawing never
 slows decoding, and every speed shown is the engine's own. A reasoning model's thought
 goes in its own block above the answer (widgets/thought.py), told apart by the engine.
+A conversation longer than the context goes on without its oldest turns (the session
+leaves them out, context_policy.py): a dim line above the first turn the model still sees
+says how many are out of its view, and what context memory would allow here.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, NamedTuple
 
@@ -21,10 +25,11 @@ from textual.widgets import Footer, Header, Markdown, Static
 
 from roost import history
 from roost.backends import chat_template
-from roost.backends.base import REASONING, Cancel, Done, Engine, EngineInfo, Params, Token
-from roost.errors import EngineCrashed
+from roost.backends.base import REASONING, Cancel, Done, Engine, EngineInfo, Params, Progress, Token
+from roost.errors import ConnectionLost, EngineCrashed, RoostError
 from roost.session import Session
 from roost.tui.screens.history import HistoryScreen
+from roost.tui.screens.right_answer import RightAnswerScreen
 from roost.tui.screens.settings import SettingsScreen
 from roost.tui.widgets.prompt import PromptArea
 from roost.tui.widgets.status import StatusBar
@@ -41,6 +46,13 @@ class Turn(NamedTuple):
 
 
 class ChatScreen(Screen):
+    DEFAULT_CSS = """
+    ChatScreen .out-of-view {
+        margin: 1 0 0 0;
+        padding: 0 1;
+        color: $text-muted;
+    }
+    """
     BINDINGS = [
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+n", "new_chat", "New"),
@@ -51,6 +63,13 @@ class ChatScreen(Screen):
         # Shown only where there is a thought (check_action): the footer of a model that
         # does not reason stays as it was.
         Binding("ctrl+t", "toggle_thoughts", "Thought"),
+        # Marks for roost eval --from-history: keys no text field takes (Ctrl+B is tmux's);
+        # shown once there is an answer to mark (check_action), last, as the footer has little room.
+        Binding("ctrl+g", "mark(True)", "Good"),
+        Binding("ctrl+f", "mark(False)", "Bad"),
+        # Shown only once a server's connection is lost (check_action): it connects anew,
+        # for --ssh the whole setup (app/ssh.py), and the conversation goes on.
+        Binding("f5", "reconnect", "Reconnect"),
     ]
 
     def __init__(self, load_engine: Callable[[], Engine], params: Params, system: str | None, model_name: str = ""):
@@ -63,7 +82,12 @@ class ChatScreen(Screen):
         self.generating = False
         self.rates: list[float] = []
         self.answer_ttft_s: float | None = None  # this answer's, once it started after a thought
+        self.prefill_tps: float | None = None  # the prompt's rate, known before its answer where it was read in chunks
         self.crash: EngineCrashed | None = None  # the engine's process died: the next question loads it again
+        self.lost: ConnectionLost | None = None  # a server's connection broke: F5 connects again
+        self.out_of_view: Static | None = None  # the line above the first turn the model still sees
+        # The context memory allows this model here, planned at the first turn left out (0: none larger)
+        self.larger_ctx: int | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -91,7 +115,7 @@ class ChatScreen(Screen):
         """The model is loaded: at the start, or again after its process crashed (the
         conversation goes on, its history prefilled anew)."""
         first = self.engine_info is None
-        old, self.engine, self.crash = self.engine, engine, None
+        old, self.engine, self.crash, self.lost = self.engine, engine, None, None
         if old is not None and old is not engine:
             old.close()
         if self.session is None:
@@ -114,7 +138,7 @@ class ChatScreen(Screen):
         self._show_memory()
         if first:
             self.set_interval(1.0, self._show_memory)
-        self.refresh_bindings()  # Ctrl+T, for a model that reasons
+        self.refresh_bindings()  # Ctrl+T, for a model that reasons; F5 gone once connected again
 
     def _crashed(self, engine: Engine | None, error: EngineCrashed) -> None:
         """The engine's process died (at load, mid-answer, or idle): one line in the status
@@ -135,7 +159,7 @@ class ChatScreen(Screen):
     @work(thread=True, exclusive=True, group="memory")
     def _read_memory(self, engine: Engine) -> None:
         """Off the event loop: a remote engine's reading is an HTTP request."""
-        from roost.machine import hardware
+        from roost.machine import gpus as machine_gpus, hardware
 
         try:
             reading = engine.memory()
@@ -144,7 +168,9 @@ class ChatScreen(Screen):
             return
         gpus = self.engine_info.device == "CUDA"  # NVML is asked only where the model is on one
         free = None if reading.host else hardware.free_memory(gpus=gpus)  # this machine's is beside the point
-        self.app.call_from_thread(self.query_one(StatusBar).show_memory, reading, free)
+        # What the GPU is doing: NVML's here, or the server's as its /metrics said (a remote engine's).
+        working = engine.gpus if reading.host else machine_gpus.read() if gpus else []
+        self.app.call_from_thread(self.query_one(StatusBar).show_memory, reading, free, working)
 
     # -- asking ---------------------------------------------------------------------
 
@@ -160,7 +186,7 @@ class ChatScreen(Screen):
         if self.session is None:  # the engine crashed as it loaded: this question loads it again
             self.session = Session(self.engine, self.params, system=self.system)
         if self.session.saved is None:  # a conversation is saved from its first question on
-            self.session.saved = history.Conversation.create(self.model_name, self.system)
+            self.session.saved = history.Conversation.create(self.model_name, self.system, self.params)
         event.prompt.remember(text)
         conversation = self.query_one("#conversation", VerticalScroll)
         conversation.mount(Static(text, classes="user"))
@@ -168,9 +194,11 @@ class ChatScreen(Screen):
         conversation.mount(thought, answer)
         conversation.scroll_end(animate=False)
         self.generating = True
+        self.refresh_bindings()  # no marks while an answer streams
         self.cancel = Cancel()
         self.rates = []
         self.answer_ttft_s = None
+        self.prefill_tps = None
         self.generate(text, Turn(thought, answer), reload=self.crash is not None)
 
     class Arrived(Message):
@@ -180,6 +208,13 @@ class ChatScreen(Screen):
         def __init__(self, turn: Turn, text: str, token: Token) -> None:
             super().__init__()
             self.turn, self.text, self.token = turn, text, token
+
+    class Reading(Message):
+        """A long prompt being read: how far."""
+
+        def __init__(self, progress: Progress) -> None:
+            super().__init__()
+            self.progress = progress
 
     class Finished(Message):
         def __init__(self, turn: Turn, done: Done | None, error: Exception | None = None) -> None:
@@ -208,6 +243,8 @@ class ChatScreen(Screen):
                     if time.perf_counter() - last_flush >= BATCH_S:
                         self.post_message(self.Arrived(turn, "".join(pending), last))
                         pending, last_flush = [], time.perf_counter()
+                elif isinstance(event, Progress):
+                    self.post_message(self.Reading(event))
                 elif isinstance(event, Done):
                     if pending:
                         self.post_message(self.Arrived(turn, "".join(pending), last))
@@ -216,6 +253,11 @@ class ChatScreen(Screen):
             if pending:  # what came before it stays on screen
                 self.post_message(self.Arrived(turn, "".join(pending), last))
             self.post_message(self.Finished(turn, None, e))
+
+    def on_chat_screen_reading(self, message: Reading) -> None:
+        # The last one comes at the first token, its rate the prompt's: shown with the answer's.
+        self.prefill_tps = message.progress.tps
+        self.query_one(StatusBar).show_progress(message.progress)
 
     async def on_chat_screen_arrived(self, message: Arrived) -> None:
         # The status first: appending yields to the event loop, and a frame drawn then
@@ -231,7 +273,7 @@ class ChatScreen(Screen):
         if token.decode_tps:
             self.rates.append(token.decode_tps)
             status.show_rates(self.rates)
-        status.show_speed(token.decode_tps, None, token.ttft_s,
+        status.show_speed(token.decode_tps, self.prefill_tps, token.ttft_s,
                           answer_ttft_s=self.answer_ttft_s, thinking=token.kind == REASONING)
         status.show_context(token.prompt_tokens + token.generated, self.engine_info.n_ctx)
         if token.kind == REASONING:
@@ -242,12 +284,23 @@ class ChatScreen(Screen):
 
     def on_chat_screen_finished(self, message: Finished) -> None:
         self.generating = False
+        self.refresh_bindings()  # an answer to mark
         answer = message.turn.answer
         if isinstance(message.error, EngineCrashed):  # what came stays on screen, marked
             if not answer.source:
                 answer.update("*no answer: the engine crashed*")
             answer.add_class("error")
             self._crashed(self.engine, message.error)
+            return
+        if isinstance(message.error, ConnectionLost):  # the part that came stays, as it does in the history
+            if not answer.source:
+                answer.update("*no answer: the connection was lost*")
+            answer.add_class("error")
+            self.lost = message.error
+            self.query_one(StatusBar).show_text(f"{message.error}; F5 reconnects")
+            self.notify("The connection was lost: the answer so far is kept. F5 reconnects.", severity="warning",
+                        timeout=15)
+            self.refresh_bindings()
             return
         if message.error is not None:
             answer.update(f"*{message.error}*")
@@ -265,7 +318,53 @@ class ChatScreen(Screen):
         status.show_speed(s.decode_tps, s.prefill_tps, s.ttft_s, note,
                           answer_ttft_s=s.answer_ttft_s if s.reasoning_tokens else None)
         status.show_context(s.context_tokens, s.n_ctx)
+        self._show_out_of_view()
         self._show_memory()
+
+    def _show_out_of_view(self) -> None:
+        """The dim line above the first turn the model still sees, moved and counted anew
+        as more turns are left out; at the first, what context memory allows is planned."""
+        dropped = self.session.dropped
+        if not dropped:
+            return
+        conversation = self.query_one("#conversation", VerticalScroll)
+        first_seen = [w for w in conversation.children if w.has_class("user")][dropped]
+        turns = "1 earlier turn is" if dropped == 1 else f"{dropped} earlier turns are"
+        larger = f" · --ctx {self.larger_ctx} fits here" if self.larger_ctx else ""
+        text = f"{turns} out of the model's view{larger}"
+        if self.out_of_view is None:
+            self.out_of_view = Static(text, classes="out-of-view")
+            conversation.mount(self.out_of_view, before=first_seen)
+            if self.larger_ctx is None:
+                self._plan_larger_context(self.engine_info)
+        else:
+            self.out_of_view.update(text)
+            conversation.move_child(self.out_of_view, before=first_seen)
+
+    @work(thread=True, exclusive=True, group="larger-context")
+    def _plan_larger_context(self, info: EngineInfo) -> None:
+        """The largest context memory allows this model here, as `roost run` plans one for
+        a long input: the file's header and the planner's arithmetic, once (a remote model
+        is not this machine's to plan)."""
+        from roost.models import loading
+
+        if not os.path.exists(info.model):
+            return
+        options = self.app.load_options  # as `roost chat` was given them
+        try:
+            model = loading.prepare(info.model, engine="mlx" if info.engine == "mlx" else "llama",
+                                    **{**options, "ctx": info.n_ctx})
+            fits = loading.input_context(model, prompt=0, need=info.n_ctx_train or info.n_ctx,
+                                         gpu_layers=options.get("gpu_layers"), kv_type=options.get("kv_type"),
+                                         flash_attn=options.get("flash_attn"))
+        except RoostError:  # the notice goes without it
+            return
+        self.app.call_from_thread(self._larger_context_planned, fits)
+
+    def _larger_context_planned(self, fits: int) -> None:
+        self.larger_ctx = fits if fits > self.engine_info.n_ctx else 0
+        if self.out_of_view is not None:
+            self._show_out_of_view()
 
     # -- keys -----------------------------------------------------------------------
 
@@ -279,6 +378,7 @@ class ChatScreen(Screen):
         self.cancel.set()  # an answer in flight stops within a token and is dropped with its chat
         self.session = Session(self.engine, self.params, system=self.system)
         self.query_one("#conversation", VerticalScroll).remove_children()
+        self.out_of_view = None
         self.query_one(StatusBar).show_context(0, self.engine_info.n_ctx)
         self.refresh_bindings()
 
@@ -295,6 +395,7 @@ class ChatScreen(Screen):
         self.session = Session(self.engine, self.params, system=self.system, messages=messages, saved=saved)
         conversation = self.query_one("#conversation", VerticalScroll)
         conversation.remove_children()
+        self.out_of_view = None
         for m in messages:
             if m["role"] == "user":
                 conversation.mount(Static(m["content"], classes="user"))
@@ -310,7 +411,16 @@ class ChatScreen(Screen):
         if action == "toggle_thoughts":  # where there is, or will be, a thought to show
             reasons = self.engine_info is not None and self.engine_info.reasoning is not None
             return reasons or any(t.over for t in self.query(Thought))
+        if action == "reconnect":
+            return self.lost is not None and not self.generating
+        if action == "mark":
+            return not self.generating and self.session is not None and self.session.saved is not None and any(
+                m["role"] == "assistant" for m in self.session.messages)
         return True
+
+    def action_reconnect(self) -> None:
+        self.query_one(StatusBar).show_text("connecting again…")
+        self.load()  # _loaded puts the new engine under the same conversation; a failure is said, F5 stays
 
     def action_toggle_thoughts(self) -> None:
         """Every thought in the conversation shown or folded, following the latest's."""
@@ -346,6 +456,24 @@ class ChatScreen(Screen):
         from roost.tui import clipboard
 
         self.notify(clipboard.copy(answers[-1], self.app.copy_to_clipboard, "the last answer"))
+
+    def action_mark(self, good: bool) -> None:
+        """The last answer marked good or bad in the conversation's file; for a bad one the
+        user may type the right answer. roost eval --from-history makes eval items of them."""
+        saved = self.session.saved  # there is an answer: check_action
+        index = sum(m["role"] == "assistant" for m in self.session.messages) - 1
+        if good:
+            saved.mark(index, True)
+            self.notify("Marked the last answer good (roost eval --from-history)")
+            return
+
+        def typed(answer: str | None) -> None:
+            if answer is None:
+                return
+            saved.mark(index, False, answer)
+            self.notify("Marked the last answer bad" + (", with the right answer" if answer else ""))
+
+        self.app.push_screen(RightAnswerScreen(), typed)
 
     def action_models(self) -> None:
         """The model list over this chat: Esc there comes back to it, a pick replaces it."""

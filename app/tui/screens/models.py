@@ -92,7 +92,8 @@ class ModelScreen(Screen[str | None]):
         table.clear()
         for o in self.offers.values():
             if o.matches(text.split()):
-                table.add_row(o.name, report.params(o.params) if o.params else "?",
+                # The catalog's older entries come last (listing.py), dimmed: still there for those who have them.
+                table.add_row(Text(o.name, style="dim") if o.older else o.name, report.params(o.params) if o.params else "?",
                               o.pick.quant.name if o.pick and not o.too_slow else "—",
                               _fit_cell(o.pick, o.n_layer, o.too_slow), report.predicted(o.pick),
                               "✓" if o.local else "", key=o.name)

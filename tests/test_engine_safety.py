@@ -209,13 +209,18 @@ def test_roost_run_still_exits_130_on_ctrl_c_and_passes_its_exit_codes_through()
 
     missing = roost("run", "/nonexistent.gguf", "hi")
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    # PYTHONFAULTHANDLER: a run that does not end is made to say where it is stuck (below).
     proc = subprocess.Popen([sys.executable, "-m", "roost", "run", "demo", "Write a long story about a dragon.",
                              "-n", "2000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            cwd=ROOT, start_new_session=True)
+                            cwd=ROOT, start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     try:
         assert proc.stdout.read(20).strip()
         os.killpg(proc.pid, signal.SIGINT)  # as the terminal sends Ctrl-C: to the whole group
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGABRT)  # every process's Python stacks, on its stderr
+            pytest.fail("still running a minute after Ctrl-C:\n" + proc.communicate(timeout=30)[1].decode()[-6000:])
     finally:
         proc.kill()
     assert proc.returncode == 130, err

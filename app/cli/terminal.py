@@ -31,13 +31,10 @@ def guarded(run) -> int:
         code = 1
         try:
             code = run()
+        except KeyboardInterrupt:  # a Ctrl-C that came after the command's own handler
+            code = EXIT_INTERRUPTED
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream and stream.flush()
-                except (OSError, ValueError):
-                    pass
-            os._exit(code if isinstance(code, int) else 1)
+            _exit_copy(code)
     status = _wait_forwarding(pid)
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
@@ -49,6 +46,23 @@ def guarded(run) -> int:
         print(f"\nroost: error: {crash}; `roost doctor --self-test` checks the engine build", file=sys.stderr)
         return crash.exit_code
     return 128 + os.WTERMSIG(status)  # ended from outside (SIGTERM, SIGHUP): as a shell reports it
+
+
+def _exit_copy(code) -> None:
+    """End the copy: its output flushed, then out at once. Nothing may stop it on the way:
+    an exception past here would run the rest of the parent's program in the copy, and a
+    Ctrl-C counted twice (one sent to the whole group reaches both processes, and the
+    parent passes on what a process sent it) must not print a traceback or end it by the
+    signal instead of its own exit code."""
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream and stream.flush()
+            except (OSError, ValueError):
+                pass
+    finally:
+        os._exit(code if isinstance(code, int) else 1)
 
 
 def _wait_forwarding(pid: int) -> int:

@@ -5,6 +5,10 @@
 #                           from source with it, and check the result
 #   bench/cuda.sh measure   roost doctor, fit, run, bench and serve on the GPU, and
 #                           roost bench against raw llama-cpp-python (bench/roost_bench.py)
+#   bench/cuda.sh gpu_rows  build, then on the synthetic 8B: flash attention on and off
+#                           (bench/flash_attention.py), parallel sequences against the queue
+#                           (bench/parallel_sequences.py), and roost fit and bench: one call
+#                           of under ten minutes, for a lease with time for one
 #
 # What it reads, because nothing can be fetched there:
 #   .whl/*.whl                      roost's pure-Python needs the machine lacks
@@ -33,7 +37,7 @@ build() {
     eval "$(python3 app/machine/engine_build.py --shell)"
     export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
     rm -rf .gpu/src .gpu/wheel && mkdir -p .gpu/src
-    tar xJf .gpu/llama_cpp_python.tar.xz -C .gpu/src
+    tar xJf .gpu/llama_cpp_python.tar.xz -C .gpu/src --strip-components=1  # an sdist: one folder at the top
     local start=$SECONDS
     if ! python3 -m pip wheel -v --no-build-isolation --no-deps -w .gpu/wheel .gpu/src >"$OUT/compile.log" 2>&1; then
         tail -40 "$OUT/compile.log"
@@ -57,14 +61,36 @@ measure() {
     mkdir -p /tmp/keep && cp -n .gpu/tok.gguf .gpu/smol.part0* /tmp/keep/ 2>/dev/null
     local smol=/tmp/keep/SmolLM2-135M-Instruct.Q4_1.gguf big=/tmp/keep/synthetic-llama3-8b-shape.Q4_0.gguf
     [ -s $smol ] || { [ -s /tmp/keep/smol.part01 ] && [ -s /tmp/keep/smol.part00 ] && cat /tmp/keep/smol.part0? >$smol; }
-    # Llama 3 8B's shape (32 layers, 4096 wide, 8 KV heads, FFN 14336) with random weights
-    # and SmolLM2's vocabulary: it runs as fast as the real one and talks nonsense.
-    [ -s $big ] || python3 -c "
-import sys; sys.path.insert(0, 'tests')
-from gguf_files import synthetic_llama
-synthetic_llama('/tmp/keep/tok.gguf', '$big', n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_ctx=8192, qtype='Q4_0')"
+    synthetic_8b $big
     ls -la /tmp/keep
     if [ -s $smol ]; then small_model $smol; else big_model $big; fi
+}
+
+synthetic_8b() {
+    # Llama 3 8B's shape (32 layers, 4096 wide, 8 KV heads, FFN 14336) with random weights
+    # and SmolLM2's vocabulary: it runs as fast as the real one and talks nonsense.
+    [ -s $1 ] || python3 -c "
+import sys; sys.path.insert(0, 'tests')
+from gguf_files import synthetic_llama
+synthetic_llama('/tmp/keep/tok.gguf', '$1', n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_ctx=32768, qtype='Q4_0')"
+}
+
+gpu_rows() {
+    local big=/tmp/keep/synthetic-llama3-8b-shape.Q4_0.gguf
+    mkdir -p /tmp/keep && cp -n .gpu/tok.gguf /tmp/keep/
+    setup
+    synthetic_8b $big >"$OUT/synthetic.log" 2>&1 &  # written while llama.cpp compiles
+    local writing=$!
+    build || return 1
+    rm -f "$OUT"/wheel.part*  # no later call to carry it to
+    wait $writing
+    ls -la $big
+    set -x
+    timeout 150 python3 bench/flash_attention.py --model $big --depth 0 8192 -p 512 -n 64 -r 2 --gpu-layers -1
+    timeout 120 python3 bench/parallel_sequences.py --model $big --gpu-layers -1 --tokens 64 --repeat 2 --clients 1 2 4 8
+    roost fit $big
+    timeout 60 roost bench $big -p 512 -n 128 -r 3
+    set +x
 }
 
 small_model() {

@@ -8,7 +8,7 @@ model is loaded with flash attention off, then on, and `roost bench`'s measureme
 on ÷ off for pp and tg (above 1: flash attention is faster), and the compute buffer
 llama.cpp reports with each (flash attention drops the n_ctx × heads attention scores).
 
-    .venv/bin/python bench/flash_attention.py [--model PATH ...] [--depth 0 2048] [-r 2]
+    .venv/bin/python bench/flash_attention.py [--model PATH ...] [--depth 0 2048] [-r 2] [--gpu-layers -1]
 
 Without --model: the bundled SmolLM2-135M and a synthetic model of Qwen2.5-0.5B's shape
 (tests/gguf_files.py). On a shared machine, run it when nothing else is.
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("-p", "--pp", type=int, default=256)
     parser.add_argument("-n", "--tg", type=int, default=32)
     parser.add_argument("-r", "--repetitions", type=int, default=2)
+    parser.add_argument("--gpu-layers", type=int, default=0, help="layers on the GPU (-1: all), for a GPU's rows")
     args = parser.parse_args()
 
     from roost.backends.base import Plan
@@ -53,7 +54,8 @@ def main() -> None:
             for depth in args.depth:
                 measured = {}
                 for flash in ("off", "on"):
-                    engine = LlamaCppEngine(path, Plan(n_ctx=depth + args.pp + args.tg + 64, flash_attn=flash))
+                    engine = LlamaCppEngine(path, Plan(n_ctx=depth + args.pp + args.tg + 64, flash_attn=flash,
+                                                           n_gpu_layers=args.gpu_layers))
                     try:
                         result = bench.run(engine, args.pp, args.tg, args.repetitions, model=path, load_s=None,
                                            ceiling_tps=None, depth=depth)

@@ -7,14 +7,15 @@ pos and seq_id, logits only where a token is sampled). That is what llama-server
 --parallel does. Set beside it: the same N prompts answered one after another in a context
 of one sequence, as `roost serve`'s queue does today, by the same code with N = 1.
 
-For N = 1, 2 and 4 clients (different prompts, greedy, the demo model by default), printed:
+For N = 1, 2 and 4 clients (--clients) (different prompts, greedy, the demo model by default), printed:
 aggregate decode tok/s each way (all tokens made ÷ the decode time; prefill apart), the
 ratio, and whether each sequence's tokens are exactly its answer alone. Both kinds of KV
 cache llama.cpp has for several sequences are tried: kv_unified (one buffer that every
 sequence's cells share, what llama-server uses) and split (n_ctx / N cells each). Each way
 is run in turn, alternating, so a busy machine slows them alike; the median of the repeats.
 
-    .venv/bin/python bench/parallel_sequences.py [--model PATH] [--tokens 64] [--repeat 3] [--threads N]
+    .venv/bin/python bench/parallel_sequences.py [--model PATH] [--tokens 64] [--repeat 3] [--threads N] [--gpu-layers -1]
+                                          [--clients 1 2 4 8]
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ PROMPTS = [
     "Explain how a bicycle works, part by part.",
     "Describe a day in the life of a lighthouse keeper.",
     "List the planets of the solar system and say one thing about each.",
+    "Tell the history of the printing press.",
+    "Explain how bread rises, step by step.",
+    "Describe a walk through a rainforest at dawn.",
+    "Write a letter from a sailor to home.",
 ]
 N_CTX_PER_SEQUENCE = 512
 
@@ -100,13 +105,16 @@ def first_difference(answer: list[int], alone: list[int]) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=catalog.demo_model_path())
+    parser.add_argument("--model", help="a .gguf (default: the demo model)")
     parser.add_argument("--tokens", type=int, default=64, help="at most this many tokens an answer")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=hardware.default_threads())
+    parser.add_argument("--gpu-layers", type=int, default=0, help="layers on the GPU (-1: all)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], choices=range(1, len(PROMPTS) + 1))
     args = parser.parse_args()
+    args.model = args.model or catalog.demo_model_path()  # asked only when not given: not every box has it
 
-    engine = load(args.model, Plan(n_ctx=N_CTX_PER_SEQUENCE, n_threads=args.threads))
+    engine = load(args.model, Plan(n_ctx=N_CTX_PER_SEQUENCE, n_threads=args.threads, n_gpu_layers=args.gpu_layers))
     vocab = engine._vocab
     prompts = [engine._prompt.chat([{"role": "user", "content": p}], Params()).tokens for p in PROMPTS]
     alone_ctx = context(engine, 1, unified=False)
@@ -114,9 +122,10 @@ def main() -> None:
         generate(alone_ctx, prompts[:1], 4, vocab)  # warm: the first decode's allocations are not the cost measured
         alone = [generate(alone_ctx, [p], args.tokens, vocab)[0][0] for p in prompts]  # each prompt's answer alone
         load_avg = os.getloadavg()
-        print(f"{os.path.basename(args.model)}, {args.threads} threads, up to {args.tokens} tokens an answer, "
+        print(f"{os.path.basename(args.model)}, {args.threads} threads, {args.gpu_layers} GPU layers, "
+              f"up to {args.tokens} tokens an answer, "
               f"greedy, median of {args.repeat}; load average before: {load_avg[0]:.2f} {load_avg[1]:.2f}")
-        for n in (1, 2, 4):
+        for n in args.clients:
             ways = {"queue": None, "unified": context(engine, n, unified=True), "split": context(engine, n, unified=False)}
             times: dict[str, list[float]] = {way: [] for way in ways}
             answers: dict[str, list[list[int]]] = {}

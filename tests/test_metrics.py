@@ -113,10 +113,20 @@ def memory_line(screen) -> str:
 
 
 def test_status_bar_shows_the_gpu_at_work(monkeypatch):
+    """What the GPU is doing and its free VRAM, from one NVML query a refresh."""
+    from roost.machine import hardware
+    from roost.tui.widgets.status import StatusBar
+
     monkeypatch.setenv("ROOST_MACHINE", os.path.join(ROOT, "tests", "machines", "rtx4090.json"))
+    asked, shown = [], []
+    nvidia, show_memory = hardware.RecordedProbe.nvidia, StatusBar.show_memory
+    monkeypatch.setattr(hardware.RecordedProbe, "nvidia", lambda self: asked.append(1) or nvidia(self))
+    monkeypatch.setattr(StatusBar, "show_memory", lambda self, *a: shown.append(len(asked)) or show_memory(self, *a))
 
     async def scenario(app, screen, pilot):
-        await until(pilot, lambda: memory_line(screen).startswith("GPU 3% 28W 41°C · RSS"))
+        await until(pilot, lambda: memory_line(screen).startswith("GPU 3% 28W 41°C · RSS") and len(shown) >= 3)
+        assert " · GPU0 " in memory_line(screen)  # the free VRAM, from the same reading
+        assert {b - a for a, b in zip(shown, shown[1:])} == {1}  # NVML asked once between two refreshes
 
     chat(scenario, CudaReplay(gap_s=0), size=(120, 30))
 

@@ -131,7 +131,8 @@ def test_an_engine_crash_is_one_line_and_the_next_question_loads_it_again(demo_g
         shown = status_text(screen)
         assert line in shown and f"while {DOING[where]}" in shown and "your next question loads the model again" in shown
         prompt = screen.query_one("#prompt")
-        assert not prompt.disabled and prompt.has_focus  # the prompt stays usable
+        # The prompt stays usable (Textual moves the focus on its next turn, hence the wait).
+        await until(pilot, lambda: not prompt.disabled and prompt.has_focus)
         await ask(screen, pilot, "What is the capital of Japan?")
         await until(pilot, lambda: screen.engine not in (None, first))
         await until(pilot, lambda: not screen.generating)

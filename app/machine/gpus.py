@@ -30,7 +30,11 @@ class GpuReading:
 
 def read(probe: hardware.Probe | None = None) -> list[GpuReading]:
     """Each NVIDIA GPU's reading; none where there is no NVIDIA GPU (or driver)."""
-    found = (probe or hardware.default_probe()).nvidia()
+    return of((probe or hardware.default_probe()).nvidia())
+
+
+def of(found: list[dict] | str) -> list[GpuReading]:
+    """The readings in NVML's answer (Probe.nvidia()), for a caller that asked it already."""
     if not isinstance(found, list):  # why there are none
         return []
     return [GpuReading(i, g["name"], g.get("utilization_pct"), g.get("power_w"), g.get("temperature_c"))

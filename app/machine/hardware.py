@@ -296,12 +296,13 @@ class FreeMemory:
     gpus: tuple[tuple[int, int], ...] = ()  # (free, total) bytes per GPU, by index
 
 
-def free_memory(probe: Probe | None = None, gpus: bool = True) -> FreeMemory:
-    """Cheaper than detect(): a few questions, fit to ask every second."""
+def free_memory(probe: Probe | None = None, nvidia: list[dict] | str | None = None) -> FreeMemory:
+    """Cheaper than detect(): a few questions, fit to ask every second. nvidia: NVML's
+    answer (Probe.nvidia()) where the caller has it already ([]: leave GPUs out)."""
     probe = probe or default_probe()
     os_name, arch, _ = _platform(probe)
     total, available = _ram(probe, os_name)
-    found = probe.nvidia() if gpus else []
+    found = probe.nvidia() if nvidia is None else nvidia
     return FreeMemory(total, available, (os_name, arch) == ("darwin", "arm64"),
                       tuple((g["free_bytes"], g["total_bytes"]) for g in found) if isinstance(found, list) else ())
 

@@ -214,6 +214,23 @@ def footer_keys(screen) -> list[str]:
     return [key.description for key in screen.query(FooterKey)]
 
 
+def test_at_80_columns_the_footer_shows_every_key_it_offers_quit_first():
+    """tmux over SSH is 80 columns: the footer cuts what does not fit at its right end."""
+    async def scenario(app, screen, pilot):
+        shown = lambda: {k.key: k for k in screen.query(FooterKey)}  # noqa: E731
+        assert "ctrl+q" in shown() and "escape" not in shown()  # Stop only while an answer runs
+        await ask(screen, pilot, THINKING_QUESTION)
+        await until(pilot, lambda: not screen.generating and screen.session.messages)
+        await until(pilot, lambda: {"ctrl+q", "ctrl+t", "ctrl+g", "ctrl+f"} <= set(shown()))
+        keys = sorted(shown().values(), key=lambda k: k.region.x)
+        assert keys[0].key == "ctrl+q"
+        assert all(k.region.right <= 80 and k.region.width > 0 for k in keys), [(k.key, k.region) for k in keys]
+        label = screen.query_one("FooterLabel")  # the marks' one entry, after their keys
+        assert "Good/Bad" in str(label.render()) and 0 < label.region.right <= 80
+
+    chat(scenario, thinking_replay(), size=(80, 24))
+
+
 def test_a_thought_streams_dimmed_then_folds_to_its_counts_when_the_answer_starts():
     engine = thinking_replay(pause_after=(5, FIRST_ANSWER + 3))
 

@@ -45,6 +45,9 @@ class Turn(NamedTuple):
     answer: Markdown
 
 
+_MARKS = Binding.Group("Good/Bad", compact=True)  # one footer entry, "^g^f Good/Bad": the footer has little room
+
+
 class ChatScreen(Screen):
     DEFAULT_CSS = """
     ChatScreen .out-of-view {
@@ -54,22 +57,25 @@ class ChatScreen(Screen):
     }
     """
     BINDINGS = [
-        Binding("escape", "stop", "Stop"),
+        # The app's Quit, first here: the footer cuts what does not fit at its right end,
+        # and at 80 columns (tmux over SSH) that had been Quit.
+        Binding("ctrl+q", "app.quit", "Quit"),
+        Binding("escape", "stop", "Stop"),  # shown while an answer runs (check_action)
         Binding("ctrl+n", "new_chat", "New"),
         Binding("ctrl+o", "open_history", "History"),
         Binding("ctrl+s", "settings", "Settings"),
         Binding("ctrl+r", "copy_answer", "Copy"),
-        Binding("ctrl+l", "models", "Models"),
+        Binding("ctrl+l", "models", "Model"),
         # Shown only where there is a thought (check_action): the footer of a model that
         # does not reason stays as it was.
         Binding("ctrl+t", "toggle_thoughts", "Thought"),
-        # Marks for roost eval --from-history: keys no text field takes (Ctrl+B is tmux's);
-        # shown once there is an answer to mark (check_action), last, as the footer has little room.
-        Binding("ctrl+g", "mark(True)", "Good"),
-        Binding("ctrl+f", "mark(False)", "Bad"),
         # Shown only once a server's connection is lost (check_action): it connects anew,
         # for --ssh the whole setup (app/ssh.py), and the conversation goes on.
         Binding("f5", "reconnect", "Reconnect"),
+        # Marks for roost eval --from-history: keys no text field takes (Ctrl+B is tmux's);
+        # shown once there is an answer to mark (check_action), last, as the footer has little room.
+        Binding("ctrl+g", "mark(True)", "Good", group=_MARKS),
+        Binding("ctrl+f", "mark(False)", "Bad", group=_MARKS),
     ]
 
     def __init__(self, load_engine: Callable[[], Engine], params: Params, system: str | None, model_name: str = ""):
@@ -94,7 +100,7 @@ class ChatScreen(Screen):
         yield VerticalScroll(id="conversation")
         yield StatusBar(id="status")
         yield PromptArea(placeholder="Loading the model…", id="prompt", disabled=True)
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)  # ^p still opens it: the room is for roost's keys
 
     def on_mount(self) -> None:
         self.load()
@@ -409,6 +415,8 @@ class ChatScreen(Screen):
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":  # while an answer runs; the room is Good/Bad's otherwise
+            return self.generating
         if action == "toggle_thoughts":  # where there is, or will be, a thought to show
             reasons = self.engine_info is not None and self.engine_info.reasoning is not None
             return reasons or any(t.over for t in self.query(Thought))

@@ -2,7 +2,7 @@
 
 A turn that would not fit, with room left to answer, leaves out the oldest turns (a
 question and what followed it, whole, oldest first), keeping the system prompt and the
-latest turns. The record keeps every message: only what is sent changes, from a "first
+latest turns; the chat leaves out enough that its next turns fit too (`slack`). The record keeps every message: only what is sent changes, from a "first
 message seen" index on. The chat (session.py) and `roost serve --truncate` leave turns out
 the same way, here.
 """
@@ -22,6 +22,15 @@ def room(n_ctx: int, params: Params) -> int:
     a few sentences long, and no more than the answer may take where max_tokens caps it."""
     share = max(256, n_ctx // 8)
     return share if params.max_tokens is None else min(share, params.max_tokens)
+
+
+def slack(n_ctx: int) -> int:
+    """Left free besides the answer's room once turns must go: a quarter of the context.
+    Leaving out a turn changes the start of the prompt, so the engine reads all of it
+    again (its cache holds the old start); left out one turn at a time, every turn after
+    the first drop would be read whole. With this slack the next turns add to what was
+    read, as llama.cpp's context shift frees half the context at once for the same reason."""
+    return n_ctx // 4
 
 
 def _system(messages: Sequence[Message]) -> int:
@@ -59,17 +68,25 @@ def measure(engine: Engine, messages: Sequence[Message], params: Params) -> Stat
     return done.stats
 
 
-def fit(engine: Engine, messages: Sequence[Message], params: Params, first: int = 0) -> int:
+def fit(engine: Engine, messages: Sequence[Message], params: Params, first: int = 0, *,
+        kept: bool = False) -> int:
     """The first message to send after the system prompt: `first`, or a later turn's
-    question where the turns from `first` on would leave less than `room` to answer.
-    The last question alone is sent however long: whether it fits is the engine's to say."""
+    question where the turns from `first` on would leave less than `room` to answer. The
+    last question alone is sent however long: whether it fits is the engine's to say.
+    kept: the caller keeps the result for its next turns (the chat): once turns must go,
+    enough go to leave `slack` free as well. A server counts each request afresh, from its
+    first turn, so for it a larger drop would only leave more out."""
+    dropping = False
     while (later := next_turn(messages, first)) is not None:
         try:
             stats = measure(engine, seen(messages, first), params)
         except ContextOverflow:  # not even the prompt fits
-            first = later
+            first, dropping = later, True
             continue
-        if stats is None or stats.prompt_tokens + room(stats.n_ctx, params) <= stats.n_ctx:
+        if stats is None:
             break
-        first = later
+        free = room(stats.n_ctx, params) + (slack(stats.n_ctx) if dropping and kept else 0)
+        if stats.prompt_tokens + free <= stats.n_ctx:
+            break
+        first, dropping = later, True
     return first

@@ -44,7 +44,7 @@ class Session:
         self._record({"role": "user", "content": text})
         kept = self.first
         try:
-            self.first = context_policy.fit(self.engine, self.messages, self.params, self.first)
+            self.first = context_policy.fit(self.engine, self.messages, self.params, self.first, kept=True)
             while True:
                 try:
                     yield from self._answer(cancel)

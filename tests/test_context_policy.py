@@ -38,11 +38,12 @@ def test_a_chat_past_its_context_goes_on_without_its_oldest_turns(make_engine, t
     params = Params(temperature=0, max_tokens=ANSWER)
     saved = history.Conversation.create("SmolLM2", system=SYSTEM)
     session = Session(engine, params, system=SYSTEM, saved=saved)
-    dropped = []
+    dropped, cached = [], []
     for i in range(12):
         done = answer(session, question(i))
         assert done.stats.generated_tokens > 0 and done.stats.prompt_tokens < 512
         dropped.append(session.dropped)
+        cached.append(done.stats.cached_tokens)
         sent = context_policy.seen(session.messages[:-1], session.first)
         assert sent[0] == {"role": "system", "content": SYSTEM} and sent[-1]["content"] == question(i)
         # A local engine leaves room for the answer; a remote one answers in what is left.
@@ -51,6 +52,12 @@ def test_a_chat_past_its_context_goes_on_without_its_oldest_turns(make_engine, t
             assert counted.prompt_tokens == done.stats.prompt_tokens  # what was sent: the system prompt first
             assert done.stats.prompt_tokens + ANSWER <= 512
     assert dropped[0] == 0 and dropped[-1] > 0 and dropped == sorted(dropped)
+    if context_policy.measure(engine, session.messages[:2], params) is not None:
+        # Counted first, turns go with slack to spare (context_policy.slack): the turn after
+        # a drop leaves nothing more out and reads only what is new, the rest from the cache.
+        drops = [i for i in range(1, 12) if dropped[i] > dropped[i - 1]]
+        assert drops and all(i + 1 not in drops for i in drops), dropped
+        assert all(cached[i + 1] > 0 for i in drops if i + 1 < 12), (dropped, cached)
     # Every turn is kept, in memory and in the saved file: the record is what was shown.
     assert [m["role"] for m in session.messages] == ["system"] + ["user", "assistant"] * 12
     assert saved.load()[1] == session.messages
@@ -122,6 +129,8 @@ def test_the_chat_screen_marks_the_turns_out_of_view_and_goes_on(demo_gguf):
 
     async def scenario(app, screen, pilot):
         asked = 0
+        label = lambda: str(screen.query_one("#context-label").content)  # noqa: E731
+        warned = []  # whether the context's label warned, at each turn before the first left out
         while screen.session.dropped < 2:
             assert asked < 10, "no turn was ever left out"
             # Pasted rather than typed: a long question key by key takes seconds.
@@ -130,6 +139,8 @@ def test_the_chat_screen_marks_the_turns_out_of_view_and_goes_on(demo_gguf):
             asked += 1
             assert screen.session.messages[-1]["role"] == "assistant"
             assert not screen.query(".assistant").last().has_class("error")
+            if screen.session.dropped == 0:
+                warned.append("$warning" in label())
         conversation = list(screen.query_one("#conversation").children)
         (mark,) = screen.query(".out-of-view")
         first_seen = [w for w in conversation if w.has_class("user")][screen.session.dropped]
@@ -137,7 +148,9 @@ def test_the_chat_screen_marks_the_turns_out_of_view_and_goes_on(demo_gguf):
         await until(pilot, lambda: "--ctx" in str(mark.render()))
         assert str(mark.render()) == (f"{screen.session.dropped} earlier turns are out of the model's view"
                                       f" · --ctx 8192 fits here")
-        # The context is nearly full from the first turn left out on: its label warns.
-        assert "$warning" in str(screen.query_one("#context-label").content)
+        # Nearly full, the context's label warned before turns went; they went with slack
+        # to spare (context_policy.slack), and it no longer does.
+        assert warned[-1] and not any(warned[:-2]), warned
+        assert "$warning" not in label(), label()
 
     chat(scenario, engine, params=Params(temperature=0, max_tokens=8), system=SYSTEM, size=(100, 30))

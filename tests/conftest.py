@@ -128,6 +128,24 @@ def make_engine(request):
         yield make
 
 
+def openai_client(url: str, api_key: str = "unused", timeout: float = 120):
+    """The openai package's client of a roost server: no retries, so a failure is the test's."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=timeout)
+
+
+@contextlib.contextmanager
+def served_in_child(model: str, n_ctx: int):
+    """A model in an engine process of its own, served as `roost serve` serves it; yields the URL."""
+    engine = load(model, Plan(n_ctx=n_ctx), isolated=True)
+    try:
+        with served(engine) as url:
+            yield url
+    finally:
+        engine.close()
+
+
 @contextlib.contextmanager
 def served(engine, model_id: str = "demo", **options):
     """`roost serve`'s server over an engine, on a free port of 127.0.0.1, in a thread; yields its URL."""

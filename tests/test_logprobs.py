@@ -9,10 +9,9 @@ import math
 import httpx2
 import llama_cpp
 import numpy as np
-import openai
 import pytest
 
-from conftest import served
+from conftest import openai_client as client, served_in_child
 from roost.backends import load
 from roost.backends.base import ANSWER, REASONING, Done, Logprob, Params, Plan, Token
 from roost.backends.child_protocol import token_message, token_of
@@ -25,16 +24,8 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def url(demo_gguf):
-    engine = load(demo_gguf, Plan(n_ctx=512), isolated=True)
-    try:
-        with served(engine) as url:
-            yield url
-    finally:
-        engine.close()
-
-
-def client(url):
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    with served_in_child(demo_gguf, 512) as url:
+        yield url
 
 
 def post(url, body, path="/v1/chat/completions"):

@@ -13,10 +13,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
-import openai
 import pytest
 
-from conftest import served
+from conftest import openai_client as client, served
 from roost.backends import connect, load
 from roost.backends.base import ANSWER, REASONING, Params, Plan, Token
 from roost.backends.reasoning import THINK
@@ -36,10 +35,6 @@ def thinker(thinking_gguf):
 def url(thinker):
     with served(thinker) as url:
         yield url
-
-
-def client(url):
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def post(url, body):

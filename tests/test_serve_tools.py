@@ -12,10 +12,9 @@ import re
 
 import httpx2
 import jsonschema
-import openai
 import pytest
 
-from conftest import served
+from conftest import openai_client as client, served, served_in_child
 from roost.backends import load
 from roost.backends.base import Plan
 
@@ -37,16 +36,8 @@ CALL_ID = re.compile(r"call_[A-Za-z0-9]{24}")
 
 @pytest.fixture(scope="module")
 def url(demo_gguf):
-    engine = load(demo_gguf, Plan(n_ctx=2048), isolated=True)  # roost serve's own way
-    try:
-        with served(engine) as url:
-            yield url
-    finally:
-        engine.close()
-
-
-def client(url):
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    with served_in_child(demo_gguf, 2048) as url:  # roost serve's own way: the engine in a process of its own
+        yield url
 
 
 def valid(name: str, arguments: str) -> dict:

@@ -2,9 +2,9 @@
 
 A turn that would not fit, with room left to answer, leaves out the oldest turns (a
 question and what followed it, whole, oldest first), keeping the system prompt and the
-latest turns; the chat leaves out enough that its next turns fit too (`slack`). The record keeps every message: only what is sent changes, from a "first
-message seen" index on. The chat (session.py) and `roost serve --truncate` leave turns out
-the same way, here.
+latest turns; the chat leaves out enough that its next turns fit too (`slack`). The
+record keeps every message: only what is sent changes, from a "first message seen" index
+on. The chat (session.py) and `roost serve --truncate` leave turns out the same way, here.
 """
 
 from __future__ import annotations

@@ -175,8 +175,9 @@ class ChatScreen(Screen):
         if reading.host:  # this machine's memory is beside the point; the GPU's as its /metrics said
             free, working = None, engine.gpus
         else:  # NVML, asked once (17 ms), and only where the model is on an NVIDIA GPU
-            nvidia = hardware.default_probe().nvidia() if self.engine_info.device == "CUDA" else []
-            free, working = hardware.free_memory(nvidia=nvidia), machine_gpus.of(nvidia)
+            probe = hardware.default_probe()
+            nvidia = probe.nvidia() if self.engine_info.device == "CUDA" else []
+            free, working = hardware.free_memory(probe, nvidia), machine_gpus.of(nvidia)
         self.app.call_from_thread(self.query_one(StatusBar).show_memory, reading, free, working)
 
     # -- asking ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from conftest import NAME, ROOT, in_process
+from roost.backends.base import Params
 from roost.tui.app import RoostApp
 from roost.tui.screens.chat import ChatScreen
 from roost.tui.screens.models import ModelScreen
@@ -18,7 +19,7 @@ def run_app(scenario, monkeypatch, machine: str, engine: str | None = None):
     """The app on a recorded machine, through the start screen with `engine` chosen by
     the arrow keys (None: the one roost picked for the machine), to the model list."""
     monkeypatch.setenv("ROOST_MACHINE", os.path.join(ROOT, "tests", "machines", machine))
-    app = RoostApp()
+    app = RoostApp(params=Params(temperature=0))  # greedy: the answer checked is the model's best, every run
 
     async def main():
         async with app.run_test(size=(80, 24)) as pilot:
